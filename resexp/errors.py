@@ -1,0 +1,21 @@
+"""Errors a user can fix by changing the command line, config or files.
+
+The command-line entry points print these as one line (no traceback) and exit non-zero;
+`HYDRA_FULL_ERROR=1` re-raises them with the full traceback.
+"""
+
+
+class ResexpError(Exception):
+    """A problem with the user's input (config, files, checkpoint), not a bug in resexp."""
+
+
+class ConfigError(ResexpError, ValueError):
+    """A config value that cannot be used: unknown name, bad combination, missing required key."""
+
+
+class DataError(ResexpError):
+    """Data that cannot be read: a missing root, a bad file, an empty class folder."""
+
+
+class CheckpointError(ResexpError):
+    """A checkpoint that does not fit the run: another architecture, class count, or unreadable."""
