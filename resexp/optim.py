@@ -1,0 +1,129 @@
+"""Optimizers and learning-rate schedules by name (conf/optimizer, conf/scheduler).
+
+Every schedule is stepped once per optimizer step. Epoch-wise rules (step, multistep, the seeds'
+LambdaLR rules) change only at epoch boundaries, so they behave exactly as when stepped per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+
+from resexp.errors import ConfigError
+from resexp.registry import Registry
+
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
+SCHEDULERS: Registry[Callable[..., LRScheduler]] = Registry("scheduler")
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool) -> list[dict]:
+    if not no_decay_norm_bias:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)  # BN weights/biases and conv/linear biases
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _fused(cfg, device: torch.device) -> dict:
+    fused = cfg.fused if cfg.fused is not None else device.type == "cuda"
+    return {"fused": True} if fused else {}
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(groups, cfg, lr, device):
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **_fused(cfg, device))
+
+
+@OPTIMIZERS.register("adam")
+def adam(groups, cfg, lr, device):
+    return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, **_fused(cfg, device))
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(groups, cfg, lr, device):
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, **_fused(cfg, device))
+
+
+def scaled_lr(cfg, batch_size: int) -> float:
+    """Linear scaling rule (Goyal et al.): cfg.lr is quoted for cfg.scale_lr_batch images a step."""
+    return cfg.lr * batch_size / cfg.scale_lr_batch if cfg.scale_lr_batch else cfg.lr
+
+
+def build_optimizer(model: nn.Module, cfg, *, batch_size: int, device: torch.device) -> torch.optim.Optimizer:
+    if cfg.nesterov and cfg.name == "sgd" and cfg.momentum <= 0:
+        raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0")
+    groups = param_groups(model, cfg.weight_decay, cfg.no_decay_norm_bias)
+    return OPTIMIZERS.get(cfg.name)(groups, cfg, scaled_lr(cfg, batch_size), device)
+
+
+def epoch_rule(rule: Callable[..., Callable[[float], float]]):
+    """Turn `rule(cfg, epochs) -> factor(epoch)` into a per-step LambdaLR builder with warm-up."""
+
+    def build(optimizer, cfg, epochs: int, steps_per_epoch: int) -> LRScheduler:
+        factor = rule(cfg, epochs)
+        if cfg.warmup_epochs > 0:
+            base, start = factor, cfg.warmup_start
+            factor = lambda e: base(e) * (start + (1 - start) * min(e / cfg.warmup_epochs, 1.0))
+        return LambdaLR(optimizer, lambda s: factor(s / steps_per_epoch))
+
+    return build
+
+
+@SCHEDULERS.register("constant")
+@epoch_rule
+def constant(cfg, epochs):
+    return lambda epoch: 1.0
+
+
+@SCHEDULERS.register("cosine")
+@epoch_rule
+def cosine(cfg, epochs):
+    span = max(epochs - cfg.warmup_epochs, 1e-8)
+    floor = cfg.min_lr_factor
+    return lambda epoch: floor + (1 - floor) * 0.5 * (
+        1 + math.cos(math.pi * min(max(epoch - cfg.warmup_epochs, 0.0) / span, 1.0))
+    )
+
+
+@SCHEDULERS.register("step")
+@epoch_rule
+def step(cfg, epochs):
+    if cfg.step_size < 1:
+        raise ConfigError(f"scheduler.step_size must be >= 1, got {cfg.step_size}")
+    return lambda epoch: cfg.gamma ** (int(epoch) // cfg.step_size)
+
+
+@SCHEDULERS.register("multistep")
+@epoch_rule
+def multistep(cfg, epochs):
+    milestones = sorted(cfg.milestones)
+    return lambda epoch: cfg.gamma ** sum(int(epoch) >= m for m in milestones)
+
+
+@SCHEDULERS.register("inverse_epoch")
+@epoch_rule
+def inverse_epoch(cfg, epochs):
+    """Seed R3: lr / (epoch + 1)."""
+    return lambda epoch: 1.0 / (int(epoch) + 1)
+
+
+@SCHEDULERS.register("onecycle")
+def onecycle(optimizer, cfg, epochs: int, steps_per_epoch: int) -> LRScheduler:
+    return OneCycleLR(
+        optimizer,
+        max_lr=[g["lr"] for g in optimizer.param_groups],
+        total_steps=epochs * steps_per_epoch,
+        pct_start=cfg.pct_start,
+        div_factor=cfg.div_factor,
+        final_div_factor=cfg.final_div_factor,
+    )
+
+
+def build_scheduler(optimizer, cfg, *, epochs: int, steps_per_epoch: int) -> LRScheduler:
+    return SCHEDULERS.get(cfg.name)(optimizer, cfg, epochs, max(steps_per_epoch, 1))

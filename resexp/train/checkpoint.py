@@ -1,0 +1,121 @@
+"""Checkpoint files: written atomically, read with `torch.load(weights_only=True)`.
+
+A checkpoint is a dict of tensors and plain Python values only (no pickled objects), so loading
+one from an untrusted source cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from resexp.errors import CheckpointError
+
+
+def atomic_save(obj: dict, path: Path) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over `path`.
+
+    A kill during the write leaves the previous file intact; a failed write (full disk, no
+    permission) raises and removes the temporary file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def load(path: str | Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+
+
+def resolve(resume: str, outputs_root: Path) -> Path:
+    """`trainer.resume` as a checkpoint file, a run directory (its last.pt) or a sweep job dir."""
+    p = Path(resume).expanduser()
+    if p.is_dir():
+        p = p / "checkpoints" / "last.pt"
+    if not p.is_file():
+        raise CheckpointError(
+            f"trainer.resume={resume}: no checkpoint at {p} "
+            f"(pass a run directory under {outputs_root}/, a .pt file, or auto)"
+        )
+    return p
+
+
+def _comparable(config: dict) -> dict:
+    """A config without the keys that may differ between a run and its continuation."""
+    cfg = OmegaConf.create(config)
+    for key in ("trainer.resume", "trainer.epochs", "trainer.progress"):
+        OmegaConf.update(cfg, key, None, force_add=True)
+    return OmegaConf.to_container(cfg)
+
+
+def find_auto(config: dict, outputs_root: Path, exclude: Path | None = None) -> Path | None:
+    """The newest `last.pt` under `outputs_root` whose run had the same config (resume=auto).
+
+    Runs are compared by their `.hydra/config.yaml` (the composed config), which is cheap to read.
+    """
+    target = _comparable(config)
+    candidates = sorted(outputs_root.glob("**/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        run_dir = path.parent.parent
+        saved = run_dir / ".hydra" / "config.yaml"
+        if (exclude is not None and run_dir == exclude) or not saved.is_file():
+            continue
+        if _comparable(OmegaConf.to_container(OmegaConf.load(saved))) == target:
+            return path
+    return None
+
+
+def check_compatible(state: dict, model: torch.nn.Module, source: Path) -> None:
+    """A clear error instead of PyTorch's key/shape dump when a checkpoint is for another network."""
+    own = model.state_dict()
+    theirs = state
+    missing = [k for k in own if k not in theirs]
+    unexpected = [k for k in theirs if k not in own]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source} holds another architecture: {len(missing)} missing keys (e.g. {missing[:2]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
+    for k, v in own.items():
+        if theirs[k].shape != v.shape:
+            hint = " (another class count? use trainer.finetune_from= to load only the backbone)" if (
+                k.split(".")[0] in ("fc", "classifier", "head")) else ""
+            raise CheckpointError(
+                f"{source} does not fit this model: {k} has shape {tuple(theirs[k].shape)} there "
+                f"and {tuple(v.shape)} here{hint}"
+            )
+
+
+def load_backbone(model: torch.nn.Module, path: Path) -> list[str]:
+    """Fine-tuning: copy every tensor whose name and shape match; the classifier stays fresh."""
+    saved = load(path)
+    state = saved.get("model", saved)
+    own = model.state_dict()
+    taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not taken:
+        raise CheckpointError(f"{path} shares no weights with this model: nothing to fine-tune from")
+    model.load_state_dict(taken, strict=False)
+    return sorted(set(own) - set(taken))

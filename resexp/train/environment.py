@@ -1,0 +1,123 @@
+"""Where and how a run executes: device, precision, seeding, determinism, process group."""
+
+from __future__ import annotations
+
+import os
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from resexp.errors import ConfigError
+
+PRECISIONS = {"32": torch.float32, "bf16": torch.bfloat16, "16": torch.float16}
+
+
+@dataclass
+class Env:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"trainer.device='{name}' is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.device=cuda but CUDA is not available here; use trainer.device=auto or cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    elif device.type != "cpu":
+        raise ConfigError(f"trainer.device='{name}' is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def setup(trainer_cfg) -> Env:
+    """Join the torchrun process group when launched by torchrun, and pick this process's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(trainer_cfg.device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Env(device=device, rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def autocast(device: torch.device, precision: str):
+    if precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision='{precision}' is not one of: {', '.join(PRECISIONS)}")
+    if precision == "32":
+        return nullcontext()
+    if precision == "16" and device.type == "cpu":
+        raise ConfigError("trainer.precision=16 needs a GPU; on CPU use trainer.precision=bf16 or 32")
+    return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def configure_determinism(deterministic: bool, device: torch.device) -> None:
+    if deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic (PyTorch reproducibility notes).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = device.type == "cuda"
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+
+def rng_state() -> dict:
+    """Every RNG state as tensors and plain values, so `torch.load(weights_only=True)` reads it."""
+    version, state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    out = {
+        "python": [version, torch.tensor(state, dtype=torch.int64), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict) -> None:
+    version, keys, gauss = state["python"]
+    random.setstate((version, tuple(keys.tolist()), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t

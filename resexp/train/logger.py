@@ -1,0 +1,94 @@
+"""What a run tells the world: TensorBoard events, one console line per epoch, metrics.json.
+
+Only the main process (rank 0) writes; the others get a logger that does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+log = logging.getLogger("resexp")
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def write_json(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else str(v)
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, enabled: bool, progress: bool | None, purge_step: int | None = None):
+        self.run_dir = run_dir
+        self.enabled = enabled
+        self.progress = enabled and (sys.stderr.isatty() if progress is None else progress)
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
+
+    def bar(self, total: int, initial: int, desc: str):
+        return tqdm(total=total, initial=initial, desc=desc, leave=False, disable=not self.progress,
+                    unit="batch", dynamic_ncols=True)
+
+    def config(self, cfg) -> None:
+        if self.writer:
+            # TensorBoard renders text as markdown: indent four spaces to keep YAML as a code block.
+            text = "\n".join("    " + line for line in OmegaConf.to_yaml(cfg).splitlines())
+            self.writer.add_text("config", text, 0)
+
+    def scalars(self, values: dict[str, float | None], step: int) -> None:
+        if self.writer:
+            for tag, value in values.items():
+                if value is not None:
+                    self.writer.add_scalar(tag, value, step)
+
+    def step_losses(self, steps: list[int], losses: list[float]) -> None:
+        if self.writer:
+            for step, loss in zip(steps, losses, strict=True):
+                self.writer.add_scalar("train/loss_step", loss, step)
+
+    def epoch_line(self, row: dict, epochs: int, is_best: bool) -> None:
+        if not self.enabled:
+            return
+        val = ""
+        if row.get("val_acc") is not None:
+            val = f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%} acc5 {row['val_acc5']:.2%}"
+        log.info(
+            f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}{val}"
+            f"  lr {row['lr']:.3g}  {row['seconds']:.1f}s  {row['images_per_s']:.0f} img/s"
+            + ("  *best" if is_best else "")
+        )
+
+    def hparams(self, cfg, best: dict) -> None:
+        if self.writer:
+            params = flatten(OmegaConf.to_container(cfg, resolve=True))
+            metrics = {f"hparam/{k}": v for k, v in best.items() if isinstance(v, (int, float)) and k != "epoch"}
+            self.writer.add_hparams(params, metrics, run_name=".")
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()

@@ -1,0 +1,121 @@
+"""One training job: config -> data, model, trainer -> fit -> best checkpoint re-evaluated."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from resexp.config import to_plain
+from resexp.data import build_data
+from resexp.models import build_model
+from resexp.models.summary import count_params
+from resexp.train import checkpoint
+from resexp.train.environment import configure_determinism, seed_everything, setup
+from resexp.train.logger import RunLogger
+from resexp.train.trainer import Trainer
+
+log = logging.getLogger("resexp")
+
+
+def hydra_run_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def outputs_root(run_dir: Path) -> Path:
+    """`outputs/` for `outputs/<date>/<time>` and `outputs/multirun/<date>/<time>/<n>`."""
+    for parent in run_dir.resolve().parents:
+        if parent.name == "outputs":
+            return parent
+    return run_dir.resolve().parent.parent
+
+
+def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
+    """Train as the config says; returns the best checkpoint's validation accuracy."""
+    run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
+    composed = to_plain(cfg)  # as the user asked for it, before data fills in the gaps
+    env = setup(cfg.trainer)
+    seed_everything(cfg.seed)
+    configure_determinism(cfg.trainer.deterministic, env.device)
+
+    resume_path = None
+    if cfg.trainer.resume == "auto":
+        resume_path = checkpoint.find_auto(composed, outputs_root(run_dir), exclude=run_dir.resolve())
+        if resume_path is None and env.is_main:
+            log.info("trainer.resume=auto: no earlier run with this config has a last.pt; starting fresh")
+    elif cfg.trainer.resume:
+        resume_path = checkpoint.resolve(cfg.trainer.resume, outputs_root(run_dir))
+
+    data = build_data(cfg.data, device=env.device, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
+    info = data.info
+    cfg.model.num_classes = cfg.model.num_classes or info.num_classes
+    cfg.model.in_channels = cfg.model.in_channels or info.in_channels
+    model = build_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels,
+                        image_size=info.image_size)
+    if cfg.trainer.finetune_from and resume_path is None:
+        fresh = checkpoint.load_backbone(model, Path(cfg.trainer.finetune_from))
+        if env.is_main:
+            log.info(f"fine-tuning from {cfg.trainer.finetune_from}; freshly initialised: {', '.join(fresh) or 'none'}")
+
+    meta = {
+        "name": cfg.model.name, "num_classes": int(cfg.model.num_classes), "in_channels": int(cfg.model.in_channels),
+        "image_size": info.image_size, "class_names": list(info.class_names),
+        "mean": list(info.mean) if info.mean else None, "std": list(info.std) if info.std else None,
+        "params": count_params(model),
+    }
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if data.split is not None:
+            (run_dir / "data_split.json").write_text(json.dumps(data.split, indent=1))
+        if data.skipped:
+            log.warning(f"{data.skipped} unreadable files were skipped (data.on_bad_file=skip)")
+        log.info(f"model {cfg.model.name}: {meta['params']:,} parameters; data {cfg.data.name}: "
+                 f"{data.train.num_samples * env.world_size} train / {data.val.num_samples * env.world_size} val "
+                 f"images, {meta['num_classes']} classes; device {env.device}; run dir {run_dir}")
+
+    trainer = Trainer(cfg, model, data, env, run_dir, meta)
+    if resume_path is not None:
+        trainer.load_last(resume_path)
+        if env.is_main:
+            log.info(f"resumed from {resume_path} at epoch {trainer.epoch + 1}, batch {trainer.batch}")
+    # purge_step drops TensorBoard points of steps that the resumed run will write again
+    logger = trainer.logger = RunLogger(run_dir, enabled=env.is_main, progress=cfg.trainer.progress,
+                                        purge_step=trainer.global_step if resume_path else None)
+    logger.config(cfg)
+    try:
+        trainer.fit()
+        final = final_evaluation(trainer)
+        extra = {"resumed_from": str(resume_path)} if resume_path else {}
+        metrics = trainer.write_metrics(status="completed", **extra)
+        logger.hparams(cfg, final)
+        return metrics["best"]["val_acc"]
+    except Exception as e:
+        trainer.write_metrics(status="failed", error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        logger.close()
+
+
+def final_evaluation(trainer: Trainer) -> dict:
+    """Reload best.pt, evaluate it on val (and test), and make that the reported best."""
+    best_path = trainer.ckpt_dir / "best.pt"
+    if trainer.env.distributed:
+        torch.distributed.barrier()  # rank 0 has finished writing best.pt
+    state = checkpoint.load(best_path, map_location=trainer.device)
+    model = trainer.eval_model()
+    model.load_state_dict(state["model"])
+    val = trainer.evaluate(model, trainer.data.val)
+    best = {**state["best"], "val_loss": val["loss"], "val_acc": val["acc"], "val_acc5": val["acc5"]}
+    if trainer.data.test is not None:
+        test = trainer.evaluate(model, trainer.data.test)
+        best.update(test_loss=test["loss"], test_acc=test["acc"], test_acc5=test["acc5"])
+    trainer.best = best
+    if trainer.env.is_main:
+        log.info(f"best epoch {best['epoch']}: val acc {best['val_acc']:.2%} loss {best['val_loss']:.4f}"
+                 + (f"; test acc {best['test_acc']:.2%}" if "test_acc" in best else ""))
+    return best
