@@ -132,6 +132,8 @@ class Trainer:
             while self.epoch < self.tcfg.epochs:
                 if self._run_epoch():
                     break
+                if self.stop_signal is not None:  # arrived during validation: last.pt is current
+                    self._interrupted()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -142,6 +144,13 @@ class Trainer:
         self.stop_signal = signum
         if self.env.is_main:
             log.warning(f"{signal.Signals(signum).name} received: finishing the current step, then saving last.pt")
+
+    def _interrupted(self):
+        where = f"in epoch {self.epoch + 1} after batch {self.batch}" if self.batch else f"after epoch {self.epoch}"
+        raise Interrupted(
+            f"stopped by {signal.Signals(self.stop_signal).name} {where}; last.pt saved. "
+            f"Resume with: python -m resexp <same overrides> trainer.resume={self.run_dir}"
+        )
 
     def _run_epoch(self) -> bool:
         """One epoch; True when early stopping ends the run."""
@@ -154,10 +163,7 @@ class Trainer:
             raise NonFiniteLoss(self._nonfinite_message(epoch))
         if self.stop_signal is not None:
             self.save_last()
-            raise Interrupted(
-                f"stopped by {signal.Signals(self.stop_signal).name} in epoch {epoch + 1} after batch {self.batch}; "
-                f"last.pt saved. Resume with: python -m resexp <same overrides> trainer.resume={self.run_dir}"
-            )
+            self._interrupted()
         row = {
             "epoch": epoch + 1,
             "train_loss": train["loss"], "train_acc": train["acc"], "train_acc5": train["acc5"],

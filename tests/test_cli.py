@@ -1,0 +1,86 @@
+"""The command line as a user types it: config printing, one-line errors, the default job."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from resexp.config import compose
+
+
+def resexp(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120):
+    return subprocess.run([sys.executable, "-m", "resexp", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def test_cfg_job_prints_the_composed_config_without_building(tmp_path):
+    out = resexp("model=resnet50", "data=synthetic", "optimizer=adam", "--cfg", "job", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "name: resnet50" in out.stdout and "name: adam" in out.stdout
+    assert not (tmp_path / "outputs").exists()  # nothing was built or run
+
+
+def test_group_options_compose_on_the_command_line():
+    cfg = compose(["model=resnet50", "model/block=preact_bottleneck", "model/stages=r101"])
+    assert cfg.model.block.name == "preact_bottleneck" and list(cfg.model.stages.depths) == [3, 4, 23, 3]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["trainer.epoch=3"], "trainer.epoch"),  # misspelt key: named in full
+        (["trainer.epochs=many"], "trainer.epochs"),  # wrong type
+        (["model=resnet7"], "resnet18"),  # unknown option: Hydra lists the available ones
+        (["optimizer.name=sgdd"], "choose one of: adam, adamw, sgd"),  # registry: valid names
+        (["model/block=nope"], "basic"),
+        (["trainer.device=cuda:0"] if not __import__("torch").cuda.is_available() else ["trainer.device=tpu"],
+         "trainer.device"),
+        (["trainer.precision=8"], "trainer.precision"),
+    ],
+)
+def test_user_errors_are_one_clear_line_without_traceback(tmp_path, args, expected):
+    out = resexp(*args, "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert out.returncode != 0
+    assert expected in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_hydra_full_error_shows_the_traceback(tmp_path):
+    out = resexp("optimizer.name=sgdd", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}",
+                 env={"HYDRA_FULL_ERROR": "1"})
+    assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+def test_two_runs_in_the_same_second_get_their_own_directories(tmp_path):
+    args = ("data=synthetic", "data.num_samples=64", "data.image_size=8", "model.stages.depths=[1,1,1]",
+            "trainer.epochs=1")
+    procs = [subprocess.Popen([sys.executable, "-m", "resexp", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()
+    runs = sorted(tmp_path.glob("outputs/*/*/metrics.json"))
+    assert len(runs) == 2 and runs[0].parent != runs[1].parent
+    assert all(len(r.parent.name) == len("HH-MM-SS-ffffff") for r in runs)
+
+
+@pytest.mark.slow
+def test_default_job_reaches_98_percent_on_digits_within_a_minute(tmp_path):
+    start = time.perf_counter()
+    out = resexp(cwd=tmp_path, timeout=300)
+    seconds = time.perf_counter() - start
+    assert out.returncode == 0, out.stderr
+    (metrics_path,) = tmp_path.glob("outputs/*/*/metrics.json")
+    metrics = json.loads(metrics_path.read_text())
+    assert metrics["best"]["val_acc"] >= 0.98, metrics["best"]
+    run_dir = metrics_path.parent
+    for name in (".hydra/config.yaml", "checkpoints/best.pt", "checkpoints/last.pt"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    print(f"default job: {seconds:.1f} s, best val acc {metrics['best']['val_acc']:.4f}")
+    assert seconds < 60

@@ -1,0 +1,224 @@
+"""The trainer end to end on CPU: files written, metrics, resume, signals, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from resexp.config import compose
+from resexp.errors import CheckpointError
+from resexp.train import checkpoint as ckpt
+from resexp.train import run
+from resexp.train.trainer import NonFiniteLoss
+
+# A small, quick, learnable job: 2 stages of 1 basic block on 16x16 synthetic images.
+TINY = [
+    "model=resnet20", "model.stages.depths=[1,1]", "model.stages.widths=[8,16]", "model.stages.strides=[1,2]",
+    "data=synthetic", "data.num_samples=384", "data.image_size=16", "data.num_classes=4", "data.batch_size=32",
+    "optimizer=sgd", "optimizer.lr=0.05", "scheduler=cosine", "trainer.epochs=3", "trainer.progress=false",
+]
+
+
+def tiny(*extra: str):
+    return compose([*TINY, *extra])
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_last(run_a: Path, run_b: Path) -> None:
+    a, b = weights(run_a / "checkpoints/last.pt"), weights(run_b / "checkpoints/last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_run_writes_checkpoints_metrics_and_tensorboard(tmp_path):
+    best = run(tiny(), run_dir=tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert best == metrics["best"]["val_acc"] and 0.0 <= best <= 1.0
+    assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"):
+        assert all(r[key] is not None for r in metrics["history"]), key
+    assert metrics["last"]["epoch"] == 3 and metrics["params"] > 0
+    assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]  # it learns
+    best_state = torch.load(tmp_path / "checkpoints/best.pt", weights_only=True)
+    last_state = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
+    assert best_state["best"]["epoch"] == metrics["best"]["epoch"]
+    assert last_state["epoch"] == 3 and "conv1.weight" in last_state["model"]
+    assert best_state["meta"]["num_classes"] == 4 and len(best_state["meta"]["class_names"]) == 4
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc5", "lr", "throughput"} <= tags
+    assert len(events.Scalars("val/acc")) == 3
+    assert "config" in str(events.Tags()["tensors"])
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in h]
+    run(tiny("trainer.epochs=2"), run_dir=tmp_path / "a")
+    run(tiny("trainer.epochs=2"), run_dir=tmp_path / "b")
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text())["history"] for d in "ab")
+    assert strip(a) == strip(b)
+    assert_same_last(tmp_path / "a", tmp_path / "b")
+
+
+def test_resume_from_last_checkpoint_matches_uninterrupted_run(tmp_path):
+    run(tiny(), run_dir=tmp_path / "full")
+    run(tiny("trainer.epochs=1"), run_dir=tmp_path / "first")
+    # the second part asks for 3 epochs; resume carries epoch, optimizer, schedule and RNG over
+    run(tiny(f"trainer.resume={tmp_path / 'first'}"), run_dir=tmp_path / "second")
+    assert_same_last(tmp_path / "full", tmp_path / "second")
+    history = json.loads((tmp_path / "second/metrics.json").read_text())["history"]
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+
+
+def test_resume_auto_finds_the_run_with_the_same_config(tmp_path):
+    outputs = tmp_path / "outputs"
+    run(tiny("trainer.epochs=1"), run_dir=outputs / "2026-01-01" / "00-00-00-000001")
+    run(tiny("trainer.epochs=1", "seed=5"), run_dir=outputs / "2026-01-01" / "00-00-00-000002")  # other config
+    run(tiny("trainer.resume=auto"), run_dir=outputs / "2026-01-01" / "00-00-00-000003")
+    metrics = json.loads((outputs / "2026-01-01/00-00-00-000003/metrics.json").read_text())
+    assert metrics["resumed_from"].endswith("00-00-00-000001/checkpoints/last.pt")
+
+
+def test_training_features_run_together(tmp_path):
+    extra = ["trainer.ema_decay=0.9", "trainer.mixup_alpha=0.2", "trainer.cutmix_alpha=1.0", "trainer.accumulate=2",
+             "trainer.label_smoothing=0.1", "trainer.grad_clip=1.0", "trainer.channels_last=true",
+             "trainer.precision=bf16", "trainer.tta_flip=true", "scheduler.warmup_epochs=1", "trainer.epochs=2"]
+    run(tiny(*extra), run_dir=tmp_path)
+    last = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
+    assert last["ema"] is not None and last["global_step"] == 2 * 6  # 12 batches/epoch, 2 per step
+
+
+def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch, caplog):
+    def broken_compile(module, **kw):
+        def fail(*a, **k):
+            raise RuntimeError("no compiler here")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    run(tiny("trainer.compile=true", "trainer.epochs=1"), run_dir=tmp_path)
+    assert "torch.compile failed" in caplog.text
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_early_stopping_ends_the_run(tmp_path):
+    # lr 0 never improves after the first validation
+    run(tiny("optimizer.lr=0", "trainer.epochs=10", "trainer.early_stopping_patience=2"), run_dir=tmp_path)
+    assert len(json.loads((tmp_path / "metrics.json").read_text())["history"]) == 3
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_best(tmp_path):
+    run(tiny("trainer.epochs=1"), run_dir=tmp_path / "first")
+    best_before = (tmp_path / "first/checkpoints/best.pt").read_bytes()
+    cfg = tiny("optimizer.lr=1e30", "optimizer.momentum=0", f"trainer.resume={tmp_path / 'first'}")
+    with pytest.raises(NonFiniteLoss, match="NaN/Inf"):
+        run(cfg, run_dir=tmp_path / "first")
+    assert (tmp_path / "first/checkpoints/best.pt").read_bytes() == best_before
+    assert json.loads((tmp_path / "first/metrics.json").read_text())["status"] == "failed"
+
+
+def test_checkpoint_of_another_shape_is_a_clear_error(tmp_path):
+    run(tiny("trainer.epochs=1"), run_dir=tmp_path / "a")
+    with pytest.raises(CheckpointError, match="another class count"):
+        run(tiny("data.num_classes=3", f"trainer.resume={tmp_path / 'a'}"), run_dir=tmp_path / "b")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        run(tiny(f"trainer.resume={tmp_path / 'nothing'}"), run_dir=tmp_path / "c")
+
+
+def test_finetune_loads_backbone_only(tmp_path):
+    run(tiny("trainer.epochs=1"), run_dir=tmp_path / "a")
+    cfg = tiny("data.num_classes=3", "trainer.epochs=1", "optimizer.lr=0",
+               f"trainer.finetune_from={tmp_path / 'a/checkpoints/last.pt'}")
+    run(cfg, run_dir=tmp_path / "b")
+    a, b = weights(tmp_path / "a/checkpoints/last.pt"), weights(tmp_path / "b/checkpoints/last.pt")
+    assert torch.equal(a["conv1.weight"], b["conv1.weight"]) and b["fc.weight"].shape[0] == 3
+
+
+def test_atomic_save_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    ckpt.atomic_save({"x": torch.ones(2)}, path)
+
+    def failing_save(obj, f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="No space"):
+        ckpt.atomic_save({"x": torch.zeros(2)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_unwritable_checkpoint_dir_raises(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    (tmp_path / "ro").mkdir(mode=0o500)
+    with pytest.raises(PermissionError):
+        ckpt.atomic_save({"x": torch.ones(1)}, tmp_path / "ro" / "best.pt")
+
+
+# --- the command line: signals and kills in a real process ---------------------------------------
+SLOW_TINY = [*TINY, "trainer.epochs=4", "data.num_samples=1536", "hydra.run.dir=RUN"]
+
+
+def cli(run_dir: Path, *extra: str, **kw) -> subprocess.Popen:
+    args = [a.replace("RUN", str(run_dir)) for a in (*SLOW_TINY, *extra)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "resexp", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, **kw)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_ends_with_identical_weights(tmp_path):
+    full = cli(tmp_path / "full")
+    assert full.wait() == 0, full.stdout.read()
+    killed = cli(tmp_path / "killed")
+    wait_for(tmp_path / "killed/checkpoints/last.pt", killed)
+    time.sleep(0.3)  # into the next epoch, maybe mid-write of a checkpoint
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    torch.load(tmp_path / "killed/checkpoints/last.pt", weights_only=True)  # still readable
+    resumed = cli(tmp_path / "resumed", f"trainer.resume={tmp_path / 'killed'}")
+    assert resumed.wait() == 0, resumed.stdout.read()
+    assert_same_last(tmp_path / "full", tmp_path / "resumed")
+
+
+@pytest.mark.slow
+def test_sigterm_saves_mid_epoch_and_resume_is_exact(tmp_path):
+    full = cli(tmp_path / "full", "trainer.epochs=2")
+    assert full.wait() == 0, full.stdout.read()
+    stopped = cli(tmp_path / "stopped", "trainer.epochs=2")
+    wait_for(tmp_path / "stopped/checkpoints/last.pt", stopped)
+    stopped.send_signal(signal.SIGTERM)
+    out = stopped.stdout.read()
+    assert stopped.wait() != 0
+    assert "trainer.resume=" in out and "Traceback" not in out
+    state = torch.load(tmp_path / "stopped/checkpoints/last.pt", weights_only=True)
+    assert (state["epoch"], state["batch"]) != (2, 0)
+    resumed = cli(tmp_path / "resumed", "trainer.epochs=2", f"trainer.resume={tmp_path / 'stopped'}")
+    assert resumed.wait() == 0, resumed.stdout.read()
+    assert_same_last(tmp_path / "full", tmp_path / "resumed")
