@@ -13,6 +13,7 @@ from resexp.config import to_plain
 from resexp.data import build_data
 from resexp.models import build_model
 from resexp.models.summary import count_params
+from resexp.reports import write_run_report
 from resexp.train import checkpoint
 from resexp.train.environment import configure_determinism, seed_everything, setup
 from resexp.train.logger import RunLogger
@@ -90,8 +91,9 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
     try:
         trainer.fit()
         final = final_evaluation(trainer)
+        report = write_run_report(trainer, final)  # figures, model summary, safetensors; {"per_class": ...}
         extra = {"resumed_from": str(resume_path)} if resume_path else {}
-        metrics = trainer.write_metrics(status="completed", **extra)
+        metrics = trainer.write_metrics(status="completed", **extra, **report)
         logger.hparams(cfg, final)
         return metrics["best"]["val_acc"]
     except Exception as e:

@@ -1,0 +1,124 @@
+"""The run report: what every finished run leaves next to its checkpoints (rank 0 writes).
+
+    curves.png            train/val loss and accuracy per epoch, best epoch marked
+    confusion_matrix.png  the best model on the validation set (also TensorBoard: val/confusion_matrix)
+    predictions.png       a grid of validation images with predicted / true class (also TensorBoard)
+    model_summary.txt     layer table and parameter counts
+    best.safetensors      the best weights; model.json says how to rebuild and feed the network
+
+`write_run_report(trainer, final)` returns `{"per_class": {...}}` for metrics.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("resexp")
+
+GRID = 16  # images in predictions.png
+
+
+def _gather(probs: torch.Tensor, targets: torch.Tensor, distributed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's validation predictions, concatenated (each rank holds its own shard)."""
+    if not distributed:
+        return probs, targets
+    import torch.distributed as dist
+
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (probs, targets))
+    return torch.cat([p for p, _ in parts]), torch.cat([t for _, t in parts])
+
+
+def _attempt(what: str, fn, *args) -> None:
+    """A report file that cannot be written is a warning: the run itself has succeeded."""
+    try:
+        fn(*args)
+    except Exception as e:  # noqa: BLE001
+        log.warning(f"run report: could not write {what}: {type(e).__name__}: {e}")
+
+
+def write_run_report(trainer, final: dict) -> dict:
+    """Evaluate the best model (already loaded by final_evaluation) on val once, write the report
+    files into the run directory, and return {"per_class": ...} to add to metrics.json.
+
+    Call it on every rank: under DDP each rank evaluates its shard and rank 0 gathers them.
+    """
+    t0 = time.perf_counter()
+    model = trainer.eval_model()
+    val = trainer.evaluate(model, trainer.data.val, collect=True)
+    probs, targets = _gather(val["probs"], val["targets"], trainer.env.distributed)
+    if not trainer.env.is_main:
+        return {}
+
+    from resexp.reports import figures
+    from resexp.reports.metrics import confusion_matrix, per_class
+
+    run_dir: Path = trainer.run_dir
+    meta = trainer.meta
+    names = list(meta.get("class_names") or [str(i) for i in range(meta["num_classes"])])
+    cm = confusion_matrix(probs.argmax(1), targets, meta["num_classes"])
+    out = {"per_class": per_class(cm, names)}
+    writer = getattr(trainer.logger, "writer", None)
+    step = int(final.get("epoch") or trainer.epoch)
+
+    def save(fig, name: str, tag: str | None = None) -> None:
+        try:
+            fig.savefig(run_dir / name, dpi=100)
+            if writer is not None and tag:
+                writer.add_figure(tag, fig, global_step=step, close=False)
+        finally:
+            figures.close(fig)
+
+    _attempt("curves.png", lambda: save(figures.curves(trainer.history, final.get("epoch")), "curves.png"))
+    _attempt("confusion_matrix.png", lambda: save(
+        figures.confusion(cm, names, title=f"val, best epoch {final.get('epoch')}:"), "confusion_matrix.png",
+        "val/confusion_matrix"))
+    _attempt("predictions.png", lambda: save(_prediction_grid(trainer, model, names), "predictions.png",
+                                             "val/predictions"))
+    _attempt("model_summary.txt", _write_summary, trainer, model)
+    _attempt("best.safetensors / model.json", _write_export, trainer, model, final)
+    log.info(f"run report written to {run_dir} ({time.perf_counter() - t0:.1f}s)")
+    return out
+
+
+@torch.inference_mode()
+def _prediction_grid(trainer, model, names: list[str]):
+    from resexp.reports import figures
+
+    loader = trainer.data.val
+    loader.set_epoch(0)
+    xs, ys = [], []
+    for x, y in loader:  # the first GRID validation images (the val order is fixed)
+        xs.append(x[: GRID - sum(len(t) for t in ys)])
+        ys.append(y[: len(xs[-1])])
+        if sum(len(t) for t in ys) >= GRID:
+            break
+    x, y = torch.cat(xs), torch.cat(ys)
+    model.eval()
+    with trainer.autocast:
+        logits = model(x.to(trainer.device, memory_format=trainer.memory_format))
+    probs = logits.float().softmax(1).cpu()
+    meta = trainer.meta
+    return figures.predictions(x, probs, y.cpu(), names, meta.get("mean"), meta.get("std"), title="val:")
+
+
+def _write_summary(trainer, model) -> None:
+    from resexp.models.summary import model_summary
+
+    meta = trainer.meta
+    shape = (1, meta["in_channels"], meta["image_size"], meta["image_size"])
+    text = model_summary(model, shape)
+    head = f"{meta['name']}: {meta['num_classes']} classes, input {list(shape[1:])} (channels, height, width)\n"
+    (trainer.run_dir / "model_summary.txt").write_text(head + text + "\n")
+
+
+def _write_export(trainer, model, final: dict) -> None:
+    from resexp.config import to_plain
+    from resexp.reports.export import write_export
+
+    # final_evaluation loaded best.pt into eval_model(): these are the best weights
+    write_export(trainer.run_dir, model.state_dict(), to_plain(trainer.cfg), trainer.meta, final)

@@ -1,0 +1,57 @@
+"""The best weights as `best.safetensors` plus `model.json`: everything needed to rebuild the
+network and feed it images, without pickles and without resexp's checkpoint format.
+
+    from resexp.inference import load_exported
+    model, info = load_exported("outputs/2025-01-01/12-00-00-000000")
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+FORMAT = "resexp-model/1"
+
+
+def save_safetensors(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    # safetensors wants contiguous tensors that share no memory: copy each one (channels_last too)
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state_dict.items()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def model_card(config: dict, meta: dict, best: dict, weights: str = "best.safetensors") -> dict:
+    """model.json: the model config, the input it expects and the data it was trained on."""
+    model_cfg = dict(config.get("model") or {})
+    data_cfg = dict(config.get("data") or {})
+    channels, size = int(meta["in_channels"]), int(meta["image_size"])
+    return {
+        "format": FORMAT,
+        "weights": weights,
+        "name": meta.get("name", model_cfg.get("name")),
+        "arch": model_cfg.get("arch"),
+        "num_classes": int(meta["num_classes"]),
+        "in_channels": channels,
+        "image_size": size,
+        "input_shape": [channels, size, size],
+        "class_names": list(meta.get("class_names") or []),
+        # applied after scaling pixels to [0, 1]; null = no normalisation beyond [0, 1]
+        "normalisation": {"mean": meta.get("mean"), "std": meta.get("std")},
+        "params": meta.get("params"),
+        "best": {k: v for k, v in best.items() if isinstance(v, (int, float, str)) or v is None},
+        "model": model_cfg,  # build with resexp.models.build_model(model, num_classes=, in_channels=, image_size=)
+        "data": {"name": data_cfg.get("name"), "config": data_cfg},  # preprocess_image(img, data.config)
+        "seed": config.get("seed"),
+    }
+
+
+def write_export(run_dir: Path, state_dict: dict[str, torch.Tensor], config: dict, meta: dict, best: dict) -> None:
+    card = model_card(config, meta, best)
+    save_safetensors(state_dict, run_dir / "best.safetensors",
+                     metadata={"format": FORMAT, "name": str(card["name"]), "num_classes": str(card["num_classes"])})
+    (run_dir / "model.json").write_text(json.dumps(card, indent=2, default=str) + "\n")

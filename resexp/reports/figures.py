@@ -1,0 +1,125 @@
+"""The run report's figures, drawn with matplotlib's Agg backend (no display needed).
+
+Every function returns a Figure; the caller saves it (and may hand it to TensorBoard).
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)  # no-op when a backend is already in use (e.g. a notebook)
+
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+WRONG, RIGHT = "#c62828", "#1b5e20"
+
+
+def _short(name: str, n: int = 18) -> str:
+    return name if len(name) <= n else name[: n - 1] + "…"
+
+
+def curves(history: list[dict], best_epoch: int | None) -> Figure:
+    """Loss and accuracy per epoch, train and val; the best epoch marked."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    epochs = [r["epoch"] for r in history]
+    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
+        ax.plot(epochs, [r.get(f"train_{key}") for r in history], "o-", ms=3, label=f"train {label}")
+        val = [(r["epoch"], r[f"val_{key}"]) for r in history if r.get(f"val_{key}") is not None]
+        if val:
+            ax.plot([e for e, _ in val], [v for _, v in val], "s-", ms=3, label=f"val {label}")
+        best = next((r for r in history if r["epoch"] == best_epoch and r.get(f"val_{key}") is not None), None)
+        if best is not None:
+            ax.axvline(best_epoch, color="grey", ls="--", lw=1)
+            ax.plot([best_epoch], [best[f"val_{key}"]], "*", ms=14, color="gold", mec="black",
+                    label=f"best epoch {best_epoch}", zorder=5)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if epochs:
+        for ax in (ax_loss, ax_acc):
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+            if max(epochs) - min(epochs) < 12:
+                ax.set_xticks(epochs)
+    ax_acc.set_ylim(-0.02, 1.02)
+    ax_loss.set_title("loss")
+    ax_acc.set_title("accuracy (fraction)")
+    return fig
+
+
+def confusion(cm: torch.Tensor, class_names: list[str], title: str = "") -> Figure:
+    """Rows: true class, columns: predicted; colour = fraction of the row (recall), text = counts."""
+    n = cm.shape[0]
+    side = min(max(4.0, 0.45 * n + 2.5), 24.0)
+    fig, ax = plt.subplots(figsize=(side + 1, side), layout="constrained")
+    rows = cm.double().sum(1, keepdim=True).clamp(min=1)
+    frac = (cm.double() / rows).numpy()
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    if n <= 50:
+        names = [_short(str(c)) for c in class_names] if len(class_names) == n else [str(i) for i in range(n)]
+        ax.set_xticks(range(n), names, rotation=60 if max(map(len, names)) > 3 else 0, ha="right"
+                      if max(map(len, names)) > 3 else "center", fontsize=8)
+        ax.set_yticks(range(n), names, fontsize=8)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if frac[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    acc = float(cm.diag().sum()) / max(1, int(cm.sum()))
+    ax.set_title(f"{title}{' ' if title else ''}confusion matrix (accuracy {acc:.2%}, {int(cm.sum())} images)",
+                 fontsize=10)
+    return fig
+
+
+def denormalise(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """Normalised NCHW floats -> NHWC in [0, 1] for display."""
+    x = images.detach().float().cpu()
+    if mean is not None and std is not None:
+        m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
+        s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
+        x = x * s + m
+    return x.clamp(0, 1).permute(0, 2, 3, 1)
+
+
+def predictions(images: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor, class_names: list[str],
+                mean=None, std=None, title: str = "") -> Figure:
+    """A grid of images titled 'predicted (p)' / 'true: ...'; wrong predictions in red."""
+    n = images.shape[0]
+    cols = min(n, 4 if n <= 16 else 6)
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.5 * rows + 0.4), layout="constrained",
+                             squeeze=False)
+    pics = denormalise(images, mean, std)
+    conf, pred = probs.max(1)
+
+    def name(i: int) -> str:
+        return _short(str(class_names[i])) if i < len(class_names) else str(i)
+
+    wrong = 0
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= n:
+            continue
+        img = pics[k]
+        if img.shape[-1] == 1:
+            ax.imshow(img[..., 0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        else:
+            ax.imshow(img.numpy(), interpolation="nearest")
+        ok = int(pred[k]) == int(targets[k])
+        wrong += not ok
+        label = f"{name(int(pred[k]))} ({float(conf[k]):.0%})"
+        label += "\n" + (f"true: {name(int(targets[k]))}" if not ok else "correct")
+        ax.set_title(("✗ " if not ok else "") + label, fontsize=8, color=RIGHT if ok else WRONG)
+    fig.suptitle(f"{title}{' ' if title else ''}predicted (confidence) — {wrong} of {n} wrong, in red",
+                 fontsize=10)
+    return fig
+
+
+def close(fig: Figure) -> None:
+    plt.close(fig)
