@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from resexp.errors import ConfigError
+
+log = logging.getLogger("resexp")
 
 PRECISIONS = {"32": torch.float32, "bf16": torch.bfloat16, "16": torch.float16}
 
@@ -58,8 +63,31 @@ def setup(trainer_cfg) -> Env:
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Env(device=device, rank=rank, world_size=world_size, local_rank=local_rank)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+        atexit.register(_destroy_process_group)
+    env = Env(device=device, rank=rank, world_size=world_size, local_rank=local_rank)
+    if env.distributed and trainer_cfg.sync_batchnorm and device.type != "cuda":
+        # PyTorch's SyncBatchNorm has no CPU kernel: train with per-process statistics instead.
+        if env.is_main:
+            log.warning("trainer.sync_batchnorm=true needs CUDA devices; on CPU each process keeps its own "
+                        "BatchNorm statistics")
+        trainer_cfg.sync_batchnorm = False
+    return env
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shared_run_dir(run_dir: Path, env: Env) -> Path:
+    """Under DDP, rank 0's run directory for every rank (each torchrun process composed its own)."""
+    if not env.distributed:
+        return run_dir
+    box = [str(run_dir)]
+    dist.broadcast_object_list(box, src=0)
+    return Path(box[0])
 
 
 def autocast(device: torch.device, precision: str):

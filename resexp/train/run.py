@@ -15,7 +15,7 @@ from resexp.models import build_model
 from resexp.models.summary import count_params
 from resexp.reports import write_run_report
 from resexp.train import checkpoint
-from resexp.train.environment import configure_determinism, seed_everything, setup
+from resexp.train.environment import configure_determinism, seed_everything, setup, shared_run_dir
 from resexp.train.logger import RunLogger
 from resexp.train.trainer import Trainer
 
@@ -41,12 +41,15 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
     composed = to_plain(cfg)  # as the user asked for it, before data fills in the gaps
     env = setup(cfg.trainer)
+    run_dir = shared_run_dir(run_dir, env)  # DDP: every rank works in rank 0's directory
     seed_everything(cfg.seed)
     configure_determinism(cfg.trainer.deterministic, env.device)
 
     resume_path = None
     if cfg.trainer.resume == "auto":
-        resume_path = checkpoint.find_auto(composed, outputs_root(run_dir), exclude=run_dir.resolve())
+        own = run_dir / "checkpoints" / "last.pt"  # a requeued job (SLURM) continues in its own directory
+        resume_path = own if own.is_file() else \
+            checkpoint.find_auto(composed, outputs_root(run_dir), exclude=run_dir.resolve())
         if resume_path is None and env.is_main:
             log.info("trainer.resume=auto: no earlier run with this config has a last.pt; starting fresh")
     elif cfg.trainer.resume:
