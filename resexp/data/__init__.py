@@ -1,0 +1,128 @@
+"""Data sets and loaders for resexp.
+
+`build_data(cfg.data, device=..., seed=..., rank=..., world_size=...)` returns a DataBundle of train /
+val / test loaders. Two loading paths, chosen by data.loader (auto picks per set):
+- memory (resexp/data/memory.py): the split as one uint8 tensor on the training device, batches
+  augmented on that device with whole-batch tensor operations (digits, synthetic, CIFAR, MNIST; and
+  image folders with data.loader=memory, decoded once at start-up);
+- stream (resexp/data/stream.py): a torch DataLoader decoding files in worker processes (image folders).
+Both give the same schedule: train order and augmentation are a pure function of (seed, epoch), train
+shards have equal sizes on every rank, eval shards cover every sample exactly once, and
+set_epoch(epoch, start_batch) resumes mid-epoch on exactly the batches an uninterrupted run would see.
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from resexp.data.common import as_cfg, check_rank, is_missing, validate
+from resexp.data.memory import MemoryLoader
+from resexp.data.sets import (
+    TORCHVISION_SETS,
+    Birds,
+    Digits,
+    ImageFolder,
+    Synthetic,
+    decode_files,
+)
+from resexp.data.stream import FileDataset, StreamLoader, TensorDataset
+from resexp.data.types import ArraySource, DataBundle, DataInfo, FileSource, Loader
+from resexp.errors import ConfigError
+from resexp.registry import Registry
+
+__all__ = ["DATASETS", "DataBundle", "DataInfo", "Loader", "build_data", "describe", "preprocess_image"]
+
+DATASETS: Registry = Registry("dataset")
+DATASETS.register("digits")(Digits())
+DATASETS.register("synthetic")(Synthetic())
+for _tv in TORCHVISION_SETS:
+    DATASETS.register(_tv.name)(_tv)
+DATASETS.register("image_folder")(ImageFolder())
+DATASETS.register("birds")(Birds())
+
+
+def _dataset(cfg):
+    if is_missing(cfg, "name"):
+        raise ConfigError(
+            f"data.name is required: pick a data set with data=<name>, one of: {', '.join(DATASETS.list())}"
+        )
+    return DATASETS.get(cfg.name)
+
+
+def describe(cfg) -> DataInfo:
+    """Classes, channels, size and normalisation of a data set without loading it (image folders: the
+    class folder names only are listed)."""
+    cfg = as_cfg(cfg)
+    validate(cfg)
+    return _dataset(cfg).describe(cfg)
+
+
+def build_data(cfg, *, device: torch.device | str = "cpu", seed: int = 0, rank: int = 0,
+               world_size: int = 1) -> DataBundle:
+    """The data set named by cfg.name, split, with loaders for this rank. See the module docstring."""
+    cfg = as_cfg(cfg)
+    validate(cfg)
+    check_rank(rank, world_size)
+    device = torch.device(device)
+    source = _dataset(cfg).load(cfg, seed)
+    path = cfg.loader
+    if path == "auto":
+        path = "memory" if isinstance(source, ArraySource) else "stream"
+    if path == "memory" and isinstance(source, FileSource):
+        source = decode_files(source, cfg, device)
+    eval_bs = int(cfg.eval_batch_size or 2 * cfg.batch_size)
+    info = source.info
+    common = dict(seed=seed, rank=rank, world_size=world_size)
+
+    if path == "memory":
+        def make(pair, train):
+            x, y = pair
+            return MemoryLoader(x.to(device), y.to(device), batch_size=cfg.batch_size if train else eval_bs,
+                                train=train, image_size=info.image_size, mean=info.mean, std=info.std,
+                                augment_cfg=cfg.augment, shuffle=cfg.shuffle if train else False, **common)
+    else:
+        from resexp.data.augment import stream_transform
+
+        pin = device.type == "cuda" and torch.cuda.is_available()
+
+        def make(part, train):
+            transform, draft = stream_transform(cfg, info.mean, info.std, train=train,
+                                                pil=isinstance(source, FileSource))
+            if isinstance(source, FileSource):
+                ds = FileDataset(part, transform, info.in_channels, draft)
+            else:
+                ds = TensorDataset(part[0], part[1], transform)
+            return StreamLoader(ds, batch_size=cfg.batch_size if train else eval_bs, train=train,
+                                shuffle=cfg.shuffle if train else False, num_workers=cfg.num_workers,
+                                pin_memory=pin, **common)
+
+    train = make(source.train, True)
+    val = make(source.val, False)
+    test = None
+    if source.test is not None:
+        test = val if source.test is source.val else make(source.test, False)
+    return DataBundle(info=info, train=train, val=val, test=test, split=source.split, skipped=source.skipped)
+
+
+def preprocess_image(image: Image.Image, cfg) -> Tensor:
+    """One image as the evaluation path sees it: the set's channels, resized (shorter side) and centre
+    cropped to image_size, to float in [0, 1], normalised. Returns float32 [C, H, W].
+
+    An image straight from Image.open (not yet loaded) is decoded like the streaming path decodes files
+    (a JPEG at a reduced scale when it is much larger than image_size), so the result matches it exactly."""
+    import torchvision.transforms.v2 as v2
+
+    from resexp.data.augment import eval_uint8
+    from resexp.data.images import to_channels
+
+    info = describe(cfg)
+    s = info.image_size
+    if getattr(image, "tile", None) and hasattr(image, "draft"):
+        image.draft("RGB" if info.in_channels == 3 else "L", (s, s))
+    x = eval_uint8(to_channels(image, info.in_channels), s)
+    x = v2.functional.to_dtype(x, torch.float32, scale=True)
+    if info.mean is not None:
+        x = v2.functional.normalize(x, list(info.mean), list(info.std))
+    return x

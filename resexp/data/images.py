@@ -1,0 +1,159 @@
+"""Image files: finding them under a class-per-folder root, checking them, decoding them.
+
+Rules (documented for users in conf/data/image_folder.yaml):
+- every visible sub-folder of data.root is a class, sorted by name; its images may sit in nested folders;
+- only files with a known image extension count (IMAGE_EXTENSIONS, any case); everything else
+  (README.txt, .DS_Store, hidden files and folders, files directly in the root) is ignored silently;
+- a class folder without images is an error naming it (an empty class would change the label space);
+- every image is decoded once at start-up (a thread pool; JPEGs at reduced scale) so that a corrupt,
+  truncated or empty file is found before training: data.on_bad_file=error stops with its path,
+  data.on_bad_file=skip warns once and leaves it out;
+- any mode is converted to the set's channels: 16-bit grey is scaled to 8 bits, CMYK and palettes are
+  converted, transparent pixels are composited onto white.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+from torch import Tensor
+
+from resexp.errors import DataError
+
+log = logging.getLogger("resexp.data")
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+_SCAN_DRAFT = (64, 64)  # JPEGs are checked at up to 1/8 scale: the whole stream is still read
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
+def class_folders(root: Path, set_name: str) -> list[str]:
+    """The sorted class folder names under root (a cheap listing: no file inside is read)."""
+    if not root.exists():
+        raise DataError(
+            f"data.root {root} does not exist (data={set_name}): pass data.root=/path/to/images, "
+            "a folder with one sub-folder per class"
+        )
+    if not root.is_dir():
+        raise DataError(f"data.root {root} is not a folder (data={set_name}): it must hold one sub-folder per class")
+    names = sorted(e.name for e in os.scandir(root) if _visible(e.name) and e.is_dir())
+    if not names:
+        raise DataError(
+            f"data.root {root} has no class folders (data={set_name}): expected {root}/<class name>/<images>, "
+            "one sub-folder per class"
+        )
+    return names
+
+
+def list_images(root: Path, set_name: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """(class names, [(relative POSIX path, label)]) in a machine-independent order: sorted paths."""
+    names = class_folders(root, set_name)
+    files: list[tuple[str, int]] = []
+    empty = []
+    for label, name in enumerate(names):
+        found = []
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            dirnames[:] = [d for d in dirnames if _visible(d)]
+            for f in filenames:
+                if _visible(f) and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+                    found.append(Path(dirpath, f).relative_to(root).as_posix())
+        if not found:
+            empty.append(str(root / name))
+        files.extend((p, label) for p in sorted(found))
+    if empty:
+        raise DataError(
+            f"class folder(s) without images under data.root {root}: {', '.join(empty)}; every sub-folder is a "
+            f"class, so add images ({', '.join(sorted(IMAGE_EXTENSIONS))}) or remove the folder(s)"
+        )
+    return names, files
+
+
+# ------------------------------------------------------------------------------------------ decode
+def to_channels(img: Image.Image, channels: int) -> Image.Image:
+    """Any PIL mode -> 'RGB' (channels=3) or 'L' (channels=1)."""
+    target = "RGB" if channels == 3 else "L"
+    mode = img.mode
+    if mode == target and "transparency" not in img.info:
+        return img
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        a = np.asarray(img).astype(np.float64)
+        if mode.startswith("I;16") or (a.size and a.max() > 255):
+            a = a / 257.0  # 16-bit range -> 8-bit
+        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    elif mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return img if img.mode == target else img.convert(target)
+
+
+def open_image(path: str | os.PathLike, channels: int, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Decode a file fully (a truncated file raises) into 'RGB' or 'L'. `draft` lets JPEG decode at
+    a reduced scale that is still at least that size (much faster for large photos)."""
+    im = Image.open(path)
+    out = None
+    try:
+        if draft is not None:
+            im.draft("RGB" if channels == 3 else "L", draft)
+        im.load()  # a single-frame file is closed here; the pixels stay
+        out = to_channels(im, channels)
+    finally:
+        if out is not im:
+            im.close()
+    return out
+
+
+def _check(path: Path, channels: int) -> str | None:
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone relaxed PIL globally: we still want to see truncation
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        open_image(path, channels, _SCAN_DRAFT)
+        return None
+    except Exception as e:  # noqa: BLE001 - any failure to decode makes the file unusable
+        text = str(e).splitlines()[0] if str(e) else ""
+        if os.path.getsize(path) == 0:
+            text = "empty file (0 bytes)"
+        return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def find_bad_images(paths: Sequence[Path], channels: int, threads: int | None = None) -> list[tuple[Path, str]]:
+    """Decode every file once (a thread pool: PIL releases the GIL while decoding); the failures."""
+    if not paths:
+        return []
+    threads = threads or min(16, 2 * (os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        results = list(pool.map(lambda p: _check(p, channels), paths, chunksize=16))
+    return [(p, err) for p, err in zip(paths, results, strict=True) if err is not None]
+
+
+def report_bad(bad: list[tuple[Path, str]], root: Path, policy: str) -> None:
+    """data.on_bad_file: error -> DataError listing the first files; skip -> one warning."""
+    if not bad:
+        return
+    shown = "; ".join(f"{p} ({err})" for p, err in bad[:3]) + ("; ..." if len(bad) > 3 else "")
+    if policy == "error":
+        raise DataError(
+            f"{len(bad)} unreadable image file(s) under data.root {root}: {shown}. Fix or delete them, "
+            "or pass data.on_bad_file=skip to train without them"
+        )
+    log.warning(f"skipping {len(bad)} unreadable image file(s) under {root} (data.on_bad_file=skip): {shown}")
+
+
+def pil_to_uint8(img: Image.Image) -> Tensor:
+    """PIL 'RGB' / 'L' -> uint8 [C, H, W]."""
+    a = np.asarray(img, dtype=np.uint8)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous()
