@@ -27,10 +27,10 @@ from resexp.errors import ConfigError
 
 
 def policy_transform(name: str):
-    import torchvision.transforms.v2 as v2
-
     if name == "none":
         return None
+    import torchvision.transforms.v2 as v2
+
     if name == "trivialaugment":
         return v2.TrivialAugmentWide()
     if name == "randaugment":

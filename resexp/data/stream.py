@@ -152,4 +152,11 @@ class StreamLoader:
         self.sampler.set_epoch(epoch, start_batch)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        yield from self.loader
+        try:
+            yield from self.loader
+        except DataError as e:
+            # a worker's DataError arrives wrapped in its traceback text: keep the one-line message
+            lines = [ln for ln in str(e).splitlines() if ln.strip()]
+            if len(lines) > 1:
+                raise DataError(lines[-1].split("DataError: ", 1)[-1]) from None
+            raise
