@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from resexp.config import to_plain
 from resexp.data import build_data
@@ -74,6 +74,10 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
     }
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        saved = run_dir / ".hydra" / "config.yaml"
+        if not saved.exists():  # Python API runs: the same record a Hydra run keeps (resume=auto reads it)
+            saved.parent.mkdir(exist_ok=True)
+            saved.write_text(OmegaConf.to_yaml(composed))
         if data.split is not None:
             (run_dir / "data_split.json").write_text(json.dumps(data.split, indent=1))
         if data.skipped:
