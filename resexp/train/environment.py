@@ -56,6 +56,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 def setup(trainer_cfg) -> Env:
     """Join the torchrun process group when launched by torchrun, and pick this process's device."""
+    _export_submitit_ranks()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -74,6 +75,17 @@ def setup(trainer_cfg) -> Env:
                         "BatchNorm statistics")
         trainer_cfg.sync_batchnorm = False
     return env
+
+
+def _export_submitit_ranks() -> None:
+    """The submitit launcher (hydra/launcher=slurm or local) with several tasks per job (tasks_per_node,
+    nodes) starts one process per task: each is a DDP rank. Give them torchrun's variables."""
+    if "WORLD_SIZE" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return
+    import submitit
+
+    if submitit.JobEnvironment().num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 def _destroy_process_group() -> None:
@@ -114,7 +126,8 @@ def configure_determinism(deterministic: bool, device: torch.device) -> None:
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     else:
-        torch.use_deterministic_algorithms(False)
+        if torch.are_deterministic_algorithms_enabled():  # the setter imports inductor: seconds at start-up
+            torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = device.type == "cuda"
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
