@@ -345,6 +345,13 @@ def test_preprocess_image_matches_eval_path(folder):
     assert d.shape == (1, 32, 32) and torch.allclose(d, torch.full_like(d, (1 - 0.3055) / 0.3235))
 
 
+def test_preprocess_image_needs_no_data_files(tmp_path):
+    img = Image.fromarray(_pattern(0, 0, 300, 400))
+    for cfg in (compose(["data=birds"]).data, data_cfg("birds", root=str(tmp_path / "gone"))):
+        x = preprocess_image(img, cfg)
+        assert x.shape == (3, 224, 224) and x.dtype == torch.float32
+
+
 def test_describe_is_cheap(folder, monkeypatch):
     import resexp.data.images as images
     import resexp.data.sets as sets
@@ -400,6 +407,12 @@ def test_empty_class_folder_is_named(folder):
     (folder / "zebra" / "notes.txt").write_text("no images here")
     with pytest.raises(DataError, match=f"class folder.* without images .*{folder / 'zebra'}"):
         build_data(folder_cfg(folder))
+
+
+def test_empty_validation_split_is_an_error(tmp_path):
+    root = make_folder(tmp_path / "tiny", per_class=1)
+    with pytest.raises(DataError, match="validation split .* is empty"):
+        build_data(folder_cfg(root))
 
 
 def test_cifar10_without_files_and_no_download(tmp_path):

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from resexp.data.common import as_cfg, check_rank, is_missing, validate
+from resexp.data.common import as_cfg, check_rank, is_missing, norm_stats, validate
 from resexp.data.memory import MemoryLoader
 from resexp.data.sets import (
     TORCHVISION_SETS,
@@ -110,19 +110,24 @@ def preprocess_image(image: Image.Image, cfg) -> Tensor:
     """One image as the evaluation path sees it: the set's channels, resized (shorter side) and centre
     cropped to image_size, to float in [0, 1], normalised. Returns float32 [C, H, W].
 
-    An image straight from Image.open (not yet loaded) is decoded like the streaming path decodes files
-    (a JPEG at a reduced scale when it is much larger than image_size), so the result matches it exactly."""
+    Needs no data files (only the config: channels, image_size, mean, std), so it works where data.root
+    is absent. Pass the image straight from Image.open, not yet loaded: it is then decoded exactly as the
+    streaming path decodes files (a JPEG much larger than image_size at a reduced DCT scale), and the
+    result matches the eval batches bit for bit; an image loaded beforehand differs only for such JPEGs."""
     import torchvision.transforms.v2 as v2
 
     from resexp.data.augment import eval_uint8
     from resexp.data.images import to_channels
 
-    info = describe(cfg)
-    s = info.image_size
+    cfg = as_cfg(cfg)
+    validate(cfg)
+    channels = cfg.channels or _dataset(cfg).native_channels  # no file access: data.root may be elsewhere
+    mean, std = norm_stats(cfg, channels)
+    s = int(cfg.image_size)
     if getattr(image, "tile", None) and hasattr(image, "draft"):
-        image.draft("RGB" if info.in_channels == 3 else "L", (s, s))
-    x = eval_uint8(to_channels(image, info.in_channels), s)
+        image.draft("RGB" if channels == 3 else "L", (s, s))
+    x = eval_uint8(to_channels(image, channels), s)
     x = v2.functional.to_dtype(x, torch.float32, scale=True)
-    if info.mean is not None:
-        x = v2.functional.normalize(x, list(info.mean), list(info.std))
+    if mean is not None:
+        x = v2.functional.normalize(x, list(mean), list(std))
     return x

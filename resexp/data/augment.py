@@ -105,11 +105,25 @@ def random_erasing(x: Tensor, p: float, g: torch.Generator,
 def apply_policy(x: Tensor, policy, seed: int) -> Tensor:
     """A v2 policy (TrivialAugmentWide / RandAugment) per sample on uint8 NCHW, seeded (slow path)."""
     out = torch.empty_like(x)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for i in range(x.shape[0]):
-            out[i] = policy(x[i])
+
+    def each(batch):
+        for i in range(batch.shape[0]):
+            out[i] = policy(batch[i])
+
+    seeded_call(each, x, seed)
     return out
+
+
+def seeded_call(fn, x, seed: int):
+    """fn(x) with torch's global CPU generator (what v2 transforms draw from) seeded, then restored.
+    (torch.default_generator directly: torch.manual_seed costs ~1 ms a call.)"""
+    g = torch.default_generator
+    state = g.get_state()
+    g.manual_seed(seed)
+    try:
+        return fn(x)
+    finally:
+        g.set_state(state)
 
 
 # ------------------------------------------------------------------------------------- per sample

@@ -55,8 +55,17 @@ def _need_val_split(cfg: DictConfig, name: str) -> None:
         )
 
 
+def _check_val(n_val: int, n: int, cfg: DictConfig, what: str) -> None:
+    if n_val == 0:
+        raise DataError(
+            f"the validation split of {what} is empty ({n} samples, data.val_split={cfg.val_split}, and every "
+            "class keeps at least one training sample): raise data.val_split or add data"
+        )
+
+
 def _split_arrays(x, y, cfg: DictConfig, seed: int, what: str):
     tr, va = stratified_split(y, cfg.val_split, seed)
+    _check_val(len(va), len(y), cfg, what)
     split = {"seed": seed, "val_split": float(cfg.val_split), "source": what, "val_indices": va.tolist()}
     return (x[tr], y[tr]), (x[va], y[va]), split
 
@@ -66,10 +75,11 @@ class Digits:
     """scikit-learn's 1,797 8x8 digits (shipped with the package: offline), upscaled once at load."""
 
     name = "digits"
+    native_channels = 1
 
     def describe(self, cfg: DictConfig) -> DataInfo:
         check_num_classes(cfg, 10, "data=digits")
-        return _info(cfg, 10, cfg.channels or 1, [str(i) for i in range(10)])
+        return _info(cfg, 10, cfg.channels or self.native_channels, [str(i) for i in range(10)])
 
     def load(self, cfg: DictConfig, seed: int) -> ArraySource:
         from sklearn.datasets import load_digits
@@ -90,10 +100,11 @@ class Synthetic:
     a brightness/contrast jitter. Any size, channels, classes; a pure function of the seed."""
 
     name = "synthetic"
+    native_channels = 3
 
     def describe(self, cfg: DictConfig) -> DataInfo:
         k = cfg.num_classes or 10
-        return _info(cfg, k, cfg.channels or 3, [f"class_{i}" for i in range(k)])
+        return _info(cfg, k, cfg.channels or self.native_channels, [f"class_{i}" for i in range(k)])
 
     def load(self, cfg: DictConfig, seed: int) -> ArraySource:
         info = self.describe(cfg)
@@ -167,6 +178,10 @@ class TorchvisionSet:
     channels: int
     classes: tuple[str, ...]
     size_note: str
+
+    @property
+    def native_channels(self) -> int:
+        return self.channels
 
     def _tv(self):
         import torchvision.datasets as tvd
@@ -277,6 +292,7 @@ class ImageFolder:
     """Any root/<class>/<image> tree (see resexp/data/images.py for the rules), streamed from disk."""
 
     name = "image_folder"
+    native_channels = 3
 
     def root(self, cfg: DictConfig) -> Path:
         if is_missing(cfg, "root"):
@@ -292,14 +308,14 @@ class ImageFolder:
         root = self.root(cfg)
         names = class_folders(root, self.name)
         check_num_classes(cfg, len(names), f"data.root {root}", names)
-        return _info(cfg, len(names), cfg.channels or 3, names)
+        return _info(cfg, len(names), cfg.channels or self.native_channels, names)
 
     def load(self, cfg: DictConfig, seed: int) -> FileSource:
         root = self.root(cfg)
         _need_val_split(cfg, self.name)
         names, files = list_images(root, self.name)
         check_num_classes(cfg, len(names), f"data.root {root}", names)
-        info = _info(cfg, len(names), cfg.channels or 3, names)
+        info = _info(cfg, len(names), cfg.channels or self.native_channels, names)
         bad = find_bad_images([root / p for p, _ in files], info.in_channels)
         report_bad(bad, root, cfg.on_bad_file)
         skipped = []
@@ -316,6 +332,7 @@ class ImageFolder:
                 )
         labels = torch.tensor([lab for _, lab in files], dtype=torch.int64)
         tr, va = stratified_split(labels, cfg.val_split, seed)
+        _check_val(len(va), len(labels), cfg, f"data.root {root}")
         train = [(root / files[i][0], files[i][1]) for i in tr.tolist()]
         val = [(root / files[i][0], files[i][1]) for i in va.tolist()]
         split = {

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from resexp.data.augment import seeded_call
 from resexp.data.common import check_rank, epoch_order, eval_count, mix_seed, train_count
 from resexp.data.images import open_image
 from resexp.errors import DataError
@@ -28,9 +29,7 @@ class _Seeded(Dataset):
     def _apply(self, x, sample_seed: int | None):
         if sample_seed is None:
             return self.transform(x)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
-            return self.transform(x)
+        return seeded_call(self.transform, x, sample_seed)
 
 
 class FileDataset(_Seeded):
@@ -155,8 +154,16 @@ class StreamLoader:
         try:
             yield from self.loader
         except DataError as e:
+            self.close()
             # a worker's DataError arrives wrapped in its traceback text: keep the one-line message
             lines = [ln for ln in str(e).splitlines() if ln.strip()]
             if len(lines) > 1:
                 raise DataError(lines[-1].split("DataError: ", 1)[-1]) from None
             raise
+
+    def close(self) -> None:
+        """Stop the persistent worker processes now (they are restarted by the next iteration)."""
+        it = getattr(self.loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self.loader._iterator = None
