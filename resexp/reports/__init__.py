@@ -66,18 +66,16 @@ def write_run_report(trainer, final: dict) -> dict:
     step = int(final.get("epoch") or trainer.epoch)
 
     def save(fig, name: str, tag: str | None = None) -> None:
-        try:
-            fig.savefig(run_dir / name, dpi=100)
-            if writer is not None and tag:
-                writer.add_figure(tag, fig, global_step=step, close=False)
-        finally:
-            figures.close(fig)
+        rgb = figures.render(fig)
+        figures.save_png(rgb, run_dir / name)
+        if writer is not None and tag:  # as SummaryWriter.add_figure would, without drawing again
+            writer.add_image(tag, rgb, global_step=step, dataformats="HWC")
 
     _attempt("curves.png", lambda: save(figures.curves(trainer.history, final.get("epoch")), "curves.png"))
     _attempt("confusion_matrix.png", lambda: save(
         figures.confusion(cm, names, title=f"val, best epoch {final.get('epoch')}:"), "confusion_matrix.png",
         "val/confusion_matrix"))
-    _attempt("predictions.png", lambda: save(_prediction_grid(trainer, model, names), "predictions.png",
+    _attempt("predictions.png", lambda: save(_prediction_grid(trainer, probs, targets, names), "predictions.png",
                                              "val/predictions"))
     _attempt("model_summary.txt", _write_summary, trainer, model)
     _attempt("best.safetensors / model.json", _write_export, trainer, model, final)
@@ -85,25 +83,27 @@ def write_run_report(trainer, final: dict) -> dict:
     return out
 
 
-@torch.inference_mode()
-def _prediction_grid(trainer, model, names: list[str]):
+def _first_images(loader, n: int) -> torch.Tensor:
+    """The first n images of this rank's validation loader (the evaluation order: fixed, unshuffled)."""
+    loader.set_epoch(0)
+    xs, have = [], 0
+    for x, _ in loader:
+        xs.append(x[: n - have].cpu())
+        have += len(xs[-1])
+        if have >= n:
+            break
+    return torch.cat(xs)
+
+
+def _prediction_grid(trainer, probs: torch.Tensor, targets: torch.Tensor, names: list[str]):
+    """predictions.png: rank 0's first validation images with the predictions evaluate() made for
+    them (its collected outputs start with rank 0's shard, in loader order): no second forward pass."""
     from resexp.reports import figures
 
-    loader = trainer.data.val
-    loader.set_epoch(0)
-    xs, ys = [], []
-    for x, y in loader:  # the first GRID validation images (the val order is fixed)
-        xs.append(x[: GRID - sum(len(t) for t in ys)])
-        ys.append(y[: len(xs[-1])])
-        if sum(len(t) for t in ys) >= GRID:
-            break
-    x, y = torch.cat(xs), torch.cat(ys)
-    model.eval()
-    with trainer.autocast:
-        logits = model(x.to(trainer.device, memory_format=trainer.memory_format))
-    probs = logits.float().softmax(1).cpu()
+    x = _first_images(trainer.data.val, min(GRID, len(targets)))
+    k = len(x)
     meta = trainer.meta
-    return figures.predictions(x, probs, y.cpu(), names, meta.get("mean"), meta.get("std"), title="val:")
+    return figures.predictions(x, probs[:k], targets[:k], names, meta.get("mean"), meta.get("std"), title="val:")
 
 
 def _write_summary(trainer, model) -> None:

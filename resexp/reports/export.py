@@ -16,12 +16,12 @@ FORMAT = "resexp-model/1"
 
 
 def save_safetensors(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     # safetensors wants contiguous tensors that share no memory: copy each one (channels_last too)
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state_dict.items()}
     tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.write_bytes(save(tensors, metadata=metadata))  # save_file would create it mode 0600
     tmp.replace(path)
 
 

@@ -1,17 +1,15 @@
-"""The run report's figures, drawn with matplotlib's Agg backend (no display needed).
+"""The run report's figures, drawn with matplotlib's Agg renderer (no display, no pyplot state).
 
-Every function returns a Figure; the caller saves it (and may hand it to TensorBoard).
+Every function returns a Figure; `render(fig)` draws it once into an RGB array, which the caller
+writes as PNG and hands to TensorBoard (what SummaryWriter.add_figure does, without a second draw).
 """
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg", force=False)  # no-op when a backend is already in use (e.g. a notebook)
-
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 WRONG, RIGHT = "#c62828", "#1b5e20"
 
@@ -22,7 +20,9 @@ def _short(name: str, n: int = 18) -> str:
 
 def curves(history: list[dict], best_epoch: int | None) -> Figure:
     """Loss and accuracy per epoch, train and val; the best epoch marked."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.9, wspace=0.22)
     epochs = [r["epoch"] for r in history]
     for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
         ax.plot(epochs, [r.get(f"train_{key}") for r in history], "o-", ms=3, label=f"train {label}")
@@ -53,7 +53,8 @@ def confusion(cm: torch.Tensor, class_names: list[str], title: str = "") -> Figu
     """Rows: true class, columns: predicted; colour = fraction of the row (recall), text = counts."""
     n = cm.shape[0]
     side = min(max(4.0, 0.45 * n + 2.5), 24.0)
-    fig, ax = plt.subplots(figsize=(side + 1, side), layout="constrained")
+    fig = Figure(figsize=(side + 1, side), layout="constrained")
+    ax = fig.subplots()
     rows = cm.double().sum(1, keepdim=True).clamp(min=1)
     frac = (cm.double() / rows).numpy()
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
@@ -89,37 +90,53 @@ def denormalise(images: torch.Tensor, mean, std) -> torch.Tensor:
 
 def predictions(images: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor, class_names: list[str],
                 mean=None, std=None, title: str = "") -> Figure:
-    """A grid of images titled 'predicted (p)' / 'true: ...'; wrong predictions in red."""
+    """A grid of images labelled 'predicted (confidence)' and, when wrong, 'true: ...' in red."""
     n = images.shape[0]
     cols = min(n, 4 if n <= 16 else 6)
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.5 * rows + 0.4), layout="constrained",
-                             squeeze=False)
     pics = denormalise(images, mean, std)
+    if pics.shape[-1] == 1:
+        pics = pics.expand(-1, -1, -1, 3)
+    h, w = pics.shape[1:3]
+    pad, band = max(1, w // 16), max(4, (h * 3) // 10)  # white gap between cells, label band above each
+    # one image holding every cell under one axes: an axes per cell costs ~30 ms each to lay out
+    sheet = torch.ones(rows * (h + band) + pad, cols * (w + pad) + pad, 3)
+    for k in range(n):
+        r, c = divmod(k, cols)
+        y, x = r * (h + band) + band, c * (w + pad) + pad
+        sheet[y:y + h, x:x + w] = pics[k]
+    cell_in = 2.1
+    fig = Figure(figsize=(cell_in * cols, cell_in * cols * sheet.shape[0] / sheet.shape[1] + 0.45))
+    ax = fig.add_axes((0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+    ax.imshow(sheet.numpy(), interpolation="nearest")
+    ax.axis("off")
     conf, pred = probs.max(1)
 
     def name(i: int) -> str:
         return _short(str(class_names[i])) if i < len(class_names) else str(i)
 
     wrong = 0
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k >= n:
-            continue
-        img = pics[k]
-        if img.shape[-1] == 1:
-            ax.imshow(img[..., 0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        else:
-            ax.imshow(img.numpy(), interpolation="nearest")
+    for k in range(n):
+        r, c = divmod(k, cols)
         ok = int(pred[k]) == int(targets[k])
         wrong += not ok
-        label = f"{name(int(pred[k]))} ({float(conf[k]):.0%})"
-        label += "\n" + (f"true: {name(int(targets[k]))}" if not ok else "correct")
-        ax.set_title(("✗ " if not ok else "") + label, fontsize=8, color=RIGHT if ok else WRONG)
-    fig.suptitle(f"{title}{' ' if title else ''}predicted (confidence) — {wrong} of {n} wrong, in red",
-                 fontsize=10)
+        label = f"{name(int(pred[k]))} ({float(conf[k]):.0%})" + ("" if ok else f"\ntrue: {name(int(targets[k]))}")
+        ax.text(c * (w + pad) + pad + w / 2, r * (h + band) + band - 0.5, label, ha="center", va="bottom",
+                fontsize=8, color=RIGHT if ok else WRONG, fontweight="normal" if ok else "bold")
+    fig.suptitle(f"{title}{' ' if title else ''}predicted class (confidence); {wrong} of {n} wrong, in red "
+                 f"with the true class", fontsize=10, y=1 - 0.08 / fig.get_figheight(), va="top")
     return fig
 
 
-def close(fig: Figure) -> None:
-    plt.close(fig)
+def render(fig: Figure, dpi: int = 100) -> np.ndarray:
+    """Draw the figure once: uint8 RGB [H, W, 3]."""
+    fig.set_dpi(dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_png(rgb: np.ndarray, path) -> None:
+    from PIL import Image
+
+    Image.fromarray(rgb).save(path, format="PNG", compress_level=3)

@@ -1,0 +1,268 @@
+"""What `resexp.predict` and `resexp.evaluate` share: load a run's best model with the run's own
+preprocessing and class names, and a tiny `key=value` command-line parser.
+
+    from resexp.inference import load_run
+    run = load_run("outputs/2025-01-01/12-00-00-000000", device="cpu")
+    probs = run.predict_files(["bird.jpg"])[0]         # Tensor[num_classes]
+    print(run.class_names[int(probs.argmax())])
+
+Checkpoints are read with `torch.load(weights_only=True)` (resexp.train.checkpoint.load): no pickled
+code runs. `load_exported(run_dir)` rebuilds the same network from `best.safetensors` + `model.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from resexp.errors import CheckpointError, ConfigError, DataError, ResexpError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+
+
+# ------------------------------------------------------------------------------ the run's model
+@dataclass
+class LoadedRun:
+    """A run's best model, in eval mode on `device`, with what it needs to read images."""
+
+    run_dir: Path | None
+    checkpoint: Path
+    model: nn.Module
+    config: dict  # the run's resolved config, as best.pt stores it
+    meta: dict  # name, num_classes, in_channels, image_size, class_names, mean, std, params
+    best: dict  # the best epoch's metrics as recorded in best.pt
+    device: torch.device
+    data_cfg: DictConfig = field(repr=False, default=None)  # the run's data config (DataConfig-typed)
+
+    @property
+    def class_names(self) -> list[str]:
+        names = list(self.meta.get("class_names") or [])
+        return names if len(names) == self.meta["num_classes"] else [str(i) for i in range(self.meta["num_classes"])]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        s = int(self.meta["image_size"])
+        return int(self.meta["in_channels"]), s, s
+
+    def preprocess(self, path: str | Path) -> torch.Tensor:
+        """One image file -> the float [C, H, W] tensor the model saw at evaluation time."""
+        return load_image(path, self.data_cfg, self.input_shape)
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities [N, num_classes] for a preprocessed batch [N, C, H, W]."""
+        logits = self.model(images.to(self.device))
+        if bool(self.config.get("trainer", {}).get("tta_flip", False)):  # the run evaluated this way
+            logits = (logits + self.model(images.to(self.device).flip(3))) / 2
+        return logits.float().softmax(1).cpu()
+
+    def predict_files(self, paths: Sequence[str | Path]) -> torch.Tensor:
+        return self.predict(torch.stack([self.preprocess(p) for p in paths]))
+
+
+def find_checkpoint(run: str | Path) -> tuple[Path | None, Path]:
+    """(run directory, best.pt) for a run directory, a sweep job directory or a .pt file."""
+    p = Path(run).expanduser()
+    if p.is_file():
+        run_dir = p.parent.parent if p.parent.name == "checkpoints" else None
+        return run_dir, p
+    if not p.exists():
+        raise CheckpointError(f"run directory not found: {p}")
+    if not p.is_dir():
+        raise CheckpointError(f"run={p} is neither a run directory nor a checkpoint file")
+    best = p / "checkpoints" / "best.pt"
+    if not best.is_file():
+        hint = " (the run has not finished a validation yet?)" if (p / "checkpoints").is_dir() else \
+            " (is this a run directory? it should hold checkpoints/best.pt, metrics.json and .hydra/)"
+        raise CheckpointError(f"no checkpoint at {best}{hint}")
+    return p, best
+
+
+def _saved_config(state: dict, run_dir: Path | None, ckpt: Path) -> dict:
+    """The run's config: best.pt's copy, or the run directory's .hydra/config.yaml."""
+    config = state.get("config")
+    if isinstance(config, dict) and config.get("model") and config.get("data"):
+        return config
+    if run_dir is not None and (run_dir / ".hydra" / "config.yaml").is_file():
+        return OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True)
+    raise CheckpointError(f"{ckpt} holds no run config and there is no .hydra/config.yaml next to it")
+
+
+def build_for_inference(model_cfg: dict, meta: dict) -> nn.Module:
+    """The network the run trained, with no pretrained weights fetched (best.pt supplies them)."""
+    from resexp.models import build_model
+
+    model_cfg = {**model_cfg, "pretrained": None}
+    return build_model(model_cfg, num_classes=int(meta["num_classes"]), in_channels=int(meta["in_channels"]),
+                       image_size=int(meta["image_size"]))
+
+
+def data_config(config: dict, overrides: Iterable[str] = ()) -> DictConfig:
+    """The run's data config (typed), with `data.key=value` overrides applied."""
+    from resexp.config import DataConfig
+
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), config.get("data") or {})
+        dotlist = [o[len("data."):] for o in overrides]
+        if dotlist:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad data override ({', '.join(overrides)}): {str(e).splitlines()[0]} "
+                          f"(see resexp/config.py:DataConfig for the keys)") from None
+    return cfg
+
+
+def load_run(run: str | Path, device: str | torch.device = "cpu", data_overrides: Iterable[str] = ()) -> LoadedRun:
+    """Rebuild a run's best model from its best.pt (weights_only) and its saved config."""
+    from resexp.train import checkpoint
+    from resexp.train.environment import resolve_device
+
+    device = device if isinstance(device, torch.device) else resolve_device(str(device))
+    run_dir, ckpt = find_checkpoint(run)
+    state = checkpoint.load(ckpt, map_location="cpu")
+    if "model" not in state or "meta" not in state:
+        raise CheckpointError(f"{ckpt} is not a resexp best.pt (no 'model' / 'meta' entries)")
+    config = _saved_config(state, run_dir, ckpt)
+    meta = state["meta"]
+    model = build_for_inference(config["model"], meta)
+    checkpoint.check_compatible(state["model"], model, ckpt)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return LoadedRun(run_dir=run_dir, checkpoint=ckpt, model=model, config=config, meta=meta,
+                     best=dict(state.get("best") or {}), device=device,
+                     data_cfg=data_config(config, data_overrides))
+
+
+def load_exported(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
+    """(model in eval mode, model.json contents) from a run directory's best.safetensors + model.json."""
+    from safetensors.torch import load_file
+
+    p = Path(path).expanduser()
+    card_path = p / "model.json" if p.is_dir() else p
+    if not card_path.is_file():
+        raise CheckpointError(f"no model.json at {card_path}")
+    card = json.loads(card_path.read_text())
+    weights = card_path.parent / card.get("weights", "best.safetensors")
+    if not weights.is_file():
+        raise CheckpointError(f"no weights file at {weights}")
+    meta = {"num_classes": card["num_classes"], "in_channels": card["in_channels"], "image_size": card["image_size"]}
+    model = build_for_inference(card["model"], meta)
+    model.load_state_dict(load_file(str(weights), device="cpu"))
+    return model.to(device).eval(), card
+
+
+# ------------------------------------------------------------------------------------- images
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def load_image(path: str | Path, data_cfg: DictConfig, input_shape: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """Decode one file and apply the run's evaluation preprocessing; DataError names the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    from resexp.data import preprocess_image
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        with Image.open(path) as im:  # not loaded first: preprocess_image decodes it as the eval loader does
+            x = preprocess_image(im, data_cfg)
+    except UnidentifiedImageError:
+        raise DataError(f"{path} is not an image PIL can read (wrong extension or corrupt)") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise DataError(f"cannot read image {path}: {type(e).__name__}{': ' + first if first else ''}") from None
+    if input_shape is not None and tuple(x.shape) != tuple(input_shape):
+        raise DataError(f"{path}: preprocessing gave a {list(x.shape)} tensor but the model expects "
+                        f"{list(input_shape)}")
+    return x
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files under folder (recursively, sorted; hidden files and other extensions skipped)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(Path(dirpath, f) for f in filenames if not f.startswith(".") and is_image_name(Path(f)))
+    return sorted(out)
+
+
+# -------------------------------------------------------------------------- command-line parsing
+@dataclass
+class Option:
+    default: Any
+    help: str
+    required: bool = False
+
+
+def usage(prog: str, options: dict[str, Option], prefixes: dict[str, str] | None = None) -> str:
+    lines = [f"usage: python -m {prog} " + " ".join(
+        f"{k}=..." if o.required else f"[{k}=...]" for k, o in options.items())]
+    for k, o in options.items():
+        lines.append(f"  {k:<12} {o.help}" + ("" if o.required or o.default is None else f" (default {o.default})"))
+    for prefix, text in (prefixes or {}).items():
+        lines.append(f"  {prefix + '*':<12} {text}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str], options: dict[str, Option], prefixes: dict[str, str] | None = None,
+               prog: str = "") -> tuple[dict[str, Any], list[str]]:
+    """`key=value` arguments -> ({key: value}, [prefixed overrides as given]). Values are typed as
+    YAML (1 -> int, true -> bool, null -> None); unknown keys raise ConfigError listing valid ones."""
+    prefixes = prefixes or {}
+    values = {k: o.default for k, o in options.items()}
+    passthrough: list[str] = []
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(usage(prog, options, prefixes))
+            sys.exit(0)
+        key, sep, raw = arg.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"bad argument '{arg}': arguments are key=value "
+                              f"(valid keys: {_valid(options, prefixes)})")
+        if any(key.startswith(p) and len(key) > len(p) for p in prefixes):
+            passthrough.append(f"{key}={raw}")
+            continue
+        if key not in options:
+            raise ConfigError(f"unknown key '{key}'; valid keys: {_valid(options, prefixes)}")
+        try:
+            values[key] = OmegaConf.from_dotlist([f"v={raw}"]).v if raw != "" else ""
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"bad value for {key}: {str(e).splitlines()[0]}") from None
+    missing = [k for k, o in options.items() if o.required and values[k] in (None, "")]
+    if missing:
+        raise ConfigError(f"missing {', '.join(f'{k}=...' for k in missing)} (python -m {prog} --help for usage)")
+    return values, passthrough
+
+
+def _valid(options: dict[str, Option], prefixes: dict[str, str]) -> str:
+    return ", ".join([*options, *(p + "<key>" for p in prefixes)])
+
+
+def cli(main: Callable[[list[str]], int]) -> None:
+    """Run a command: a ResexpError is one line on stderr and exit 2 (HYDRA_FULL_ERROR=1: traceback)."""
+    try:
+        code = main(sys.argv[1:])
+    except ResexpError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code)
