@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     try:
+        cfg = compose(argv)  # before importing torch: a bad override fails in a second
         from resexp.models import build_model, model_summary
 
-        cfg = compose(argv)
         num_classes, in_channels, image_size = data_shape(cfg)
         model = build_model(cfg.model, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
         shape = (1, in_channels, image_size, image_size)

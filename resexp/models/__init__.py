@@ -16,7 +16,7 @@ from resexp.config import ModelConfig, compose, conf_dir
 from resexp.errors import ConfigError
 from resexp.models.baselines import VGG13, LeNet5
 from resexp.models.blocks import BLOCKS
-from resexp.models.pretrained import load_pretrained
+from resexp.models.pretrained import load_backbone, load_pretrained, pretrained_state_dict
 from resexp.models.resnet import ResNet
 from resexp.models.stems import STEMS
 from resexp.models.summary import count_buffers, count_params, model_summary
@@ -82,9 +82,12 @@ def build_model(cfg: Any, *, num_classes: int | None = None, in_channels: int | 
         raise ConfigError("model.num_classes is not set and the data set gave none: pass model.num_classes=N")
     if in_channels is None:
         raise ConfigError("model.in_channels is not set and the data set gave none: pass model.in_channels=C")
-    model = ARCHS.get(cfg.arch)(cfg, num_classes, in_channels, image_size)
-    if cfg.pretrained:
-        load_pretrained(model, cfg.pretrained, cfg.name, cfg.arch)
+    builder = ARCHS.get(cfg.arch)
+    # Weights first: a bad name, a missing file or no network fail before the (slow) initialisation.
+    state = pretrained_state_dict(cfg.pretrained, cfg.name, cfg.arch) if cfg.pretrained else None
+    model = builder(cfg, num_classes, in_channels, image_size)
+    if state is not None:
+        load_backbone(model, state, f"model.pretrained={cfg.pretrained}")
     return model
 
 

@@ -27,10 +27,14 @@ def is_file_spec(spec: str) -> bool:
     return "/" in spec or "\\" in spec or spec.lower().endswith(FILE_SUFFIXES)
 
 
+def pretrained_state_dict(spec: str, name: str, arch: str = "resnet") -> dict[str, torch.Tensor]:
+    """The state dict `spec` names: a file, or torchvision weights for network `name`."""
+    return read_state_dict(spec) if is_file_spec(spec) else fetch_torchvision(torchvision_weights(name, arch, spec))
+
+
 def load_pretrained(model: nn.Module, spec: str, name: str, arch: str = "resnet") -> None:
     """Load `spec` (a file or a torchvision weights name for network `name`) into `model` in place."""
-    state = read_state_dict(spec) if is_file_spec(spec) else fetch_torchvision(torchvision_weights(name, arch, spec))
-    load_backbone(model, state, f"model.pretrained={spec}")
+    load_backbone(model, pretrained_state_dict(spec, name, arch), f"model.pretrained={spec}")
 
 
 def torchvision_weights(name: str, arch: str, spec: str):
