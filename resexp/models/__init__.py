@@ -34,7 +34,7 @@ def _resnet(cfg: DictConfig, num_classes: int, in_channels: int, image_size: int
     for key in ("block", "stages"):
         if cfg[key] is None:
             raise ConfigError(f"model.{key} is required for arch resnet (e.g. model/{key}=...)")
-    return ResNet(BLOCKS.get(cfg.block.name), list(cfg.stages.depths), list(cfg.stages.widths),
+    return ResNet(cfg.block.name, list(cfg.stages.depths), list(cfg.stages.widths),
                   list(cfg.stages.strides), num_classes=num_classes, in_channels=in_channels,
                   stem=cfg.stem, stride_position=cfg.stride_position, width=cfg.width,
                   dilation=list(cfg.dilation), zero_init_residual=cfg.zero_init_residual,

@@ -47,8 +47,13 @@ class PadShortcut(nn.Module):
         x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, 0, self.out_channels - x.shape[1]))
 
+    def extra_repr(self) -> str:
+        return f"out_channels={self.out_channels}, stride={self.stride}"
+
 
 class Block(nn.Module):
+    """Base of every unit: the class attributes described above, and the v1 shortcut helpers."""
+
     expansion = 1
     preact = False
     residual = True

@@ -12,13 +12,13 @@ import torch
 from torch import Tensor, nn
 
 from resexp.errors import ConfigError
-from resexp.models.blocks import Block
+from resexp.models.blocks import BLOCKS, Block
 from resexp.models.stems import STEMS
 
 
 class ResNet(nn.Module):
     """Args:
-        block: a Block subclass (see resexp.models.blocks.BLOCKS).
+        block: a Block subclass, or its name in resexp.models.blocks.BLOCKS.
         depths, widths, strides: units, inner width and stride of each stage (one entry per stage).
         stem: a key of STEMS; its width is widths[0] * width.
         stride_position: "first" puts a stage's stride on its first unit (torchvision), "last" on
@@ -30,13 +30,14 @@ class ResNet(nn.Module):
         drop_rate: dropout before the classifier.
     """
 
-    def __init__(self, block: type[Block], depths: Sequence[int], widths: Sequence[int],
+    def __init__(self, block: type[Block] | str, depths: Sequence[int], widths: Sequence[int],
                  strides: Sequence[int], num_classes: int = 1000, in_channels: int = 3,
                  stem: str = "imagenet", stride_position: str = "first", width: float = 1.0,
                  dilation: Sequence[bool] = (), zero_init_residual: bool | None = None,
                  drop_rate: float = 0.0):
         super().__init__()
         _check(depths, widths, strides, stride_position, width, dilation, drop_rate)
+        block = BLOCKS.get(block) if isinstance(block, str) else block
         zero_init = block.zero_init_default if zero_init_residual is None else zero_init_residual
         if zero_init and not block.residual:
             raise ConfigError("model.zero_init_residual=true needs a residual block: zeroing the last "
