@@ -1,0 +1,101 @@
+"""The speed work on CPU: the cifar10_fast preset composes and runs, and the benchmark harness works.
+Timings are not asserted here (they live in benchmarks/RESULTS.md); the GPU checks are tests/test_gpu.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from resexp.config import compose
+from resexp.train import run
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+# CIFAR's shape, tiny: 3x32x32, 10 classes; a couple of batches on the CPU in float32, eagerly.
+CIFAR_SHAPED = ["data=synthetic", "data.image_size=32", "data.num_classes=10", "data.channels=3",
+                "data.num_samples=120", "data.val_split=0.2", "data.batch_size=16", "data.eval_batch_size=32"]
+CPU_SMALL = ["trainer.device=cpu", "trainer.precision=32", "trainer.compile=false", "trainer.epochs=1",
+             "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.progress=false"]
+
+
+def test_cifar10_fast_composes_as_a_fast_large_batch_recipe():
+    cfg = compose(["experiment=cifar10_fast"])
+    assert cfg.model.name == "resnet18" and cfg.model.stem == "cifar"
+    assert cfg.data.name == "cifar10" and cfg.data.augment.crop_padding == 4 and cfg.data.augment.flip
+    assert cfg.data.batch_size >= 512 or 50_000 % cfg.data.batch_size == 0
+    t = cfg.trainer
+    assert (t.precision, t.channels_last, t.compile, t.tta_flip) == ("bf16", True, True, True)
+    assert t.label_smoothing > 0 and 15 <= t.epochs <= 20 and t.val_every > 1
+    o = cfg.optimizer
+    assert o.name == "sgd" and o.nesterov and o.scale_lr_batch and cfg.scheduler.warmup_epochs > 0
+
+
+def test_cifar10_fast_runs_one_short_epoch_on_cifar_shaped_data(tmp_path):
+    run(compose(["experiment=cifar10_fast", *CIFAR_SHAPED, *CPU_SMALL]), run_dir=tmp_path)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["status"] == "completed" and len(m["history"]) == 1
+    assert m["history"][0]["val_acc"] is not None  # the last epoch is always validated (with flip TTA)
+    state = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
+    assert state["model"]["conv1.weight"].shape == (64, 3, 3, 3)  # the CIFAR stem
+    # lr 0.1 quoted per 128 images, scaled linearly to the batch of 16
+    assert state["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(0.1 * 16 / 128)
+
+
+def test_training_flops_per_image_match_the_published_counts():
+    import bench_train
+
+    gflop = {name: bench_train.train_flops_per_image(_model(name), bench_train.CASES[name]) / 1e9
+             for name in ("resnet18_cifar", "resnet50_224")}
+    # forward MACs: 0.56 G (CIFAR ResNet-18), 4.1 G (ResNet-50 at 224); training = 3 x 2 x MACs
+    assert gflop["resnet18_cifar"] == pytest.approx(3 * 2 * 0.556, rel=0.03)
+    assert gflop["resnet50_224"] == pytest.approx(3 * 2 * 4.11, rel=0.03)
+
+
+def _model(case_name):
+    import bench_train
+
+    from resexp.models import create
+
+    case = bench_train.CASES[case_name]
+    stem = {"stem": "cifar"} if case_name == "resnet18_cifar" else {}
+    return create(case.model, num_classes=case.num_classes, in_channels=case.channels,
+                  image_size=case.image_size, **stem)
+
+
+def test_throughput_benchmark_runs_both_loops_on_the_same_tensors():
+    import bench_train
+
+    row = bench_train.run_case(bench_train.CASES["resnet20_digits"], torch.device("cpu"), "fp32", repeats=1,
+                               batch=8, steps=1, warmup=1)
+    assert row["resexp_img_s"] > 0 and row["reference_img_s"] > 0 and row["ratio"] > 0
+    assert row["reference_model"].startswith("resexp resnet20")  # no torchvision twin for resnet20
+    assert set(row["samples"]) == {"resexp", "reference"}
+
+
+def test_torchvision_twins_load_resexp_weights_strictly():
+    import bench_train
+
+    for name in ("resnet18_cifar", "resnet50_224"):
+        case = bench_train.CASES[name]
+        twin = bench_train.torchvision_model(case.torchvision_twin, case.num_classes)
+        twin.load_state_dict(_model(name).state_dict(), strict=True)
+
+
+def test_first_step_stopwatch_reports_through_the_cli(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RESEXP_T0=repr(time.time()))
+    cmd = [sys.executable, str(ROOT / "benchmarks/first_step.py"), "model=resnet20", *CIFAR_SHAPED, *CPU_SMALL,
+           "model.stages.depths=[1,1,1]"]
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    line = [x for x in p.stderr.splitlines() if x.startswith("FIRST_STEP ")]
+    assert len(line) == 1 and float(line[0].split()[1]) > 0  # the hook fired once, then removed itself
+    assert list(tmp_path.glob("outputs/*/*/metrics.json"))
