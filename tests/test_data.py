@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import socket
 import struct
@@ -271,6 +272,42 @@ def test_memory_random_resized_crop_and_policies_shapes():
     loader, _ = ids_loader(20, train=True, bs=10, size=16, augment={"random_erasing": 1.0})
     x, _ = next(iter(loader))
     assert ((x == 0).flatten(1).float().mean(1) >= 0.015).all()  # every image has an erased patch
+
+
+@pytest.mark.parametrize("op, mag, ref", [
+    ("Brightness", 0.5, lambda F, t: F.adjust_brightness(t, 1.5)),
+    ("Color", -0.7, lambda F, t: F.adjust_saturation(t, 0.3)),
+    ("Contrast", 0.6, lambda F, t: F.adjust_contrast(t, 1.6)),
+    ("Sharpness", 0.9, lambda F, t: F.adjust_sharpness(t, 1.9)),
+    ("Posterize", 3, lambda F, t: F.posterize(t, 3)),
+    ("Solarize", 0.4, lambda F, t: F.solarize(t, 255 * 0.4)),
+    ("AutoContrast", 0, lambda F, t: F.autocontrast(t)),
+    ("Equalize", 0, lambda F, t: F.equalize(t)),
+    ("TranslateX", -5.7, lambda F, t: F.affine(t, angle=0.0, translate=[-5, 0], scale=1.0, shear=[0.0, 0.0])),
+    ("ShearY", 0.3, lambda F, t: F.affine(t, angle=0.0, translate=[0, 0], scale=1.0,
+                                          shear=[0.0, math.degrees(math.atan(0.3))], center=[0, 0])),
+    ("Rotate", -77.0, lambda F, t: F.rotate(t, -77.0)),
+])
+def test_batched_policy_ops_match_torchvision(op, mag, ref):
+    import torchvision.transforms.v2.functional as F
+
+    from resexp.data.augment import _OPS, apply_ops
+
+    x = torch.randint(0, 256, (4, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = apply_ops(x, torch.full((4,), _OPS.index(op)), torch.full((4,), float(mag)))
+    expected = torch.stack([ref(F, t) for t in x])
+    assert (out.int() - expected.int()).abs().max() <= 1  # colour ops may round differently by 1
+
+
+def test_batched_policies_vary_per_image():
+    from resexp.data.augment import batched_policy
+
+    x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for name in ("trivialaugment", "randaugment"):
+        a = batched_policy(x, name, torch.Generator().manual_seed(1))
+        assert torch.equal(a, batched_policy(x, name, torch.Generator().manual_seed(1)))
+        changed = (a != x).flatten(1).any(1)
+        assert a.dtype == torch.uint8 and 10 < int(changed.sum()) <= 64
 
 
 def test_stream_path_for_an_in_memory_set():
@@ -581,3 +618,14 @@ def test_memory_path_on_cuda_matches_cpu():
     for (xc, yc), (xg, yg) in zip(batches(cpu.train, 2), batches(gpu.train, 2), strict=True):
         assert xg.is_cuda and yg.is_cuda and torch.equal(yc, yg.cpu())
         assert torch.allclose(xc, xg.cpu(), atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_image_folder_on_cuda_pinned_stream_and_device_memory(folder):
+    stream = build_data(folder_cfg(folder), seed=0, device="cuda")
+    x, y = next(iter(stream.train))
+    assert x.device.type == "cpu" and x.is_pinned() and y.is_pinned()
+    memory = build_data(folder_cfg(folder, loader="memory", augment__random_resized_crop=True), seed=0,
+                        device="cuda")
+    xm, ym = next(iter(memory.train))
+    assert xm.is_cuda and ym.is_cuda and xm.shape == x.shape

@@ -7,8 +7,8 @@ on every device and after a mid-epoch resume:
 - random resized crop: one affine grid_sample per batch (scale (0.08, 1), ratio (3/4, 4/3));
 - random erasing: a per-sample rectangle mask (area (0.02, 0.33), ratio (0.3, 3.3), value 0 after
   normalisation; a rectangle that does not fit is clamped to the image instead of re-drawn);
-- TrivialAugmentWide / RandAugment: torchvision's v2 transforms applied per sample on uint8 tensors
-  (a Python loop over the batch: correct, but slower than the rest of this path).
+- TrivialAugmentWide / RandAugment: torchvision's op spaces re-implemented for whole batches
+  (batched_policy): each image draws its own op and magnitude, images with the same op go together.
 
 Per-sample (the streaming path): torchvision.transforms.v2 pipelines on PIL images, built here
 (torchvision is imported on first use: the in-memory path without a policy does not need it).
@@ -102,16 +102,160 @@ def random_erasing(x: Tensor, p: float, g: torch.Generator,
     return x.masked_fill_(mask[:, None], value)
 
 
-def apply_policy(x: Tensor, policy, seed: int) -> Tensor:
-    """A v2 policy (TrivialAugmentWide / RandAugment) per sample on uint8 NCHW, seeded (slow path)."""
-    out = torch.empty_like(x)
+# The op spaces of torchvision's TrivialAugmentWide and RandAugment (v2): name -> (magnitude bins
+# as a function of (num_bins, height, width), or None; whether the sign is random).
+_WIDE = {
+    "Identity": (None, False),
+    "ShearX": (lambda n, h, w: torch.linspace(0.0, 0.99, n), True),
+    "ShearY": (lambda n, h, w: torch.linspace(0.0, 0.99, n), True),
+    "TranslateX": (lambda n, h, w: torch.linspace(0.0, 32.0, n), True),
+    "TranslateY": (lambda n, h, w: torch.linspace(0.0, 32.0, n), True),
+    "Rotate": (lambda n, h, w: torch.linspace(0.0, 135.0, n), True),
+    "Brightness": (lambda n, h, w: torch.linspace(0.0, 0.99, n), True),
+    "Color": (lambda n, h, w: torch.linspace(0.0, 0.99, n), True),
+    "Contrast": (lambda n, h, w: torch.linspace(0.0, 0.99, n), True),
+    "Sharpness": (lambda n, h, w: torch.linspace(0.0, 0.99, n), True),
+    "Posterize": (lambda n, h, w: (8 - (torch.arange(n) / ((n - 1) / 6))).round(), False),
+    "Solarize": (lambda n, h, w: torch.linspace(1.0, 0.0, n), False),
+    "AutoContrast": (None, False),
+    "Equalize": (None, False),
+}
+_RAND = {
+    **_WIDE,
+    "ShearX": (lambda n, h, w: torch.linspace(0.0, 0.3, n), True),
+    "ShearY": (lambda n, h, w: torch.linspace(0.0, 0.3, n), True),
+    "TranslateX": (lambda n, h, w: torch.linspace(0.0, 150.0 / 331.0 * w, n), True),
+    "TranslateY": (lambda n, h, w: torch.linspace(0.0, 150.0 / 331.0 * h, n), True),
+    "Rotate": (lambda n, h, w: torch.linspace(0.0, 30.0, n), True),
+    "Brightness": (lambda n, h, w: torch.linspace(0.0, 0.9, n), True),
+    "Color": (lambda n, h, w: torch.linspace(0.0, 0.9, n), True),
+    "Contrast": (lambda n, h, w: torch.linspace(0.0, 0.9, n), True),
+    "Sharpness": (lambda n, h, w: torch.linspace(0.0, 0.9, n), True),
+    "Posterize": (lambda n, h, w: (8 - (torch.arange(n) / ((n - 1) / 4))).round(), False),
+}
+_OPS = list(_WIDE)
+_BINS = 31
 
-    def each(batch):
-        for i in range(batch.shape[0]):
-            out[i] = policy(batch[i])
 
-    seeded_call(each, x, seed)
+def batched_policy(x: Tensor, name: str, g: torch.Generator) -> Tensor:
+    """TrivialAugmentWide (one op per image, random magnitude bin) or RandAugment (two ops per image,
+    magnitude bin 9 of 31) on a uint8 batch, as whole-batch operations: every image draws its own op,
+    magnitude and sign exactly as torchvision's v2 transforms do, and the images that drew the same op
+    are transformed together. Same op space, magnitudes, nearest interpolation and zero fill as
+    torchvision; geometric ops are resampled here, so pixels may differ from torchvision's by rounding."""
+    space, rounds = (_WIDE, 1) if name == "trivialaugment" else (_RAND, 2)
+    b, _, h, w = x.shape
+    for _ in range(rounds):
+        op = torch.randint(len(_OPS), (b,), generator=g)
+        if name == "trivialaugment":
+            level = torch.randint(_BINS, (b,), generator=g)
+        else:
+            level = torch.full((b,), 9)
+        flip_sign = torch.rand(b, generator=g) <= 0.5
+        mags = torch.zeros(b)
+        for k, op_name in enumerate(_OPS):
+            fn, signed = space[op_name]
+            sel = op == k
+            if fn is not None and bool(sel.any()):
+                m = fn(_BINS, h, w).float()[level[sel]]
+                mags[sel] = torch.where(flip_sign[sel], -m, m) if signed else m
+        x = apply_ops(x, op, mags)
+    return x
+
+
+def apply_ops(x: Tensor, op: Tensor, mags: Tensor) -> Tensor:
+    """Image i gets op _OPS[op[i]] with magnitude mags[i] (CPU tensors); uint8 NCHW in and out."""
+    out = x.clone()
+    for k, name in enumerate(_OPS):
+        sel = torch.nonzero(op == k).flatten()
+        if name == "Identity" or len(sel) == 0:
+            continue
+        idx = sel.to(x.device, non_blocking=True)
+        out[idx] = _op(name, x[idx], mags[sel])
     return out
+
+
+def _blend(a: Tensor, b: Tensor, factor: Tensor) -> Tensor:
+    f = factor.view(-1, 1, 1, 1)
+    return (a * f + b * (1.0 - f)).clamp_(0, 255).to(torch.uint8)
+
+
+def _gray(xf: Tensor) -> Tensor:
+    if xf.shape[1] == 1:
+        return xf
+    return (0.2989 * xf[:, 0:1] + 0.587 * xf[:, 1:2] + 0.114 * xf[:, 2:3]).floor_()
+
+
+def _warp(x: Tensor, inv: Tensor) -> Tensor:
+    """Resample each image through its inverse affine map (output pixel -> source, pixel units with
+    pixel centres at +0.5), nearest neighbour, zeros outside."""
+    n, c, h, w = x.shape
+    dev = x.device
+    ys, xs = torch.meshgrid(torch.arange(h, device=dev) + 0.5, torch.arange(w, device=dev) + 0.5, indexing="ij")
+    base = torch.stack([xs.flatten(), ys.flatten(), torch.ones(h * w, device=dev)])  # [3, h*w]
+    src = inv.to(dev, torch.float32) @ base  # [n, 2, h*w]
+    grid = torch.stack([src[:, 0] / w * 2 - 1, src[:, 1] / h * 2 - 1], -1).view(n, h, w, 2)
+    y = F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return y.round_().to(torch.uint8)
+
+
+def _op(name: str, x: Tensor, m: Tensor) -> Tensor:
+    n, c, h, w = x.shape
+    dev = x.device
+    if name in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"):
+        inv = torch.zeros(n, 2, 3, dtype=torch.float64)
+        inv[:, 0, 0] = inv[:, 1, 1] = 1.0
+        md = m.double()
+        if name == "ShearX":  # about the top-left corner, as torchvision
+            inv[:, 0, 1] = md
+        elif name == "ShearY":
+            inv[:, 1, 0] = md
+        elif name == "TranslateX":
+            inv[:, 0, 2] = -md.trunc()
+        elif name == "TranslateY":
+            inv[:, 1, 2] = -md.trunc()
+        else:  # Rotate about the centre
+            t = -torch.deg2rad(md)  # positive = counter-clockwise, as torchvision
+            cos, sin = t.cos(), t.sin()
+            cx, cy = w / 2.0, h / 2.0
+            inv[:, 0, 0], inv[:, 0, 1], inv[:, 1, 0], inv[:, 1, 1] = cos, sin, -sin, cos
+            inv[:, 0, 2] = cx - cos * cx - sin * cy
+            inv[:, 1, 2] = cy + sin * cx - cos * cy
+        return _warp(x, inv)
+    f = (1.0 + m).to(dev, torch.float32)
+    xf = x.float()
+    if name == "Brightness":
+        return _blend(xf, torch.zeros_like(xf), f)
+    if name == "Color":
+        return _blend(xf, _gray(xf), f) if c == 3 else x
+    if name == "Contrast":
+        mean = _gray(xf).mean(dim=(1, 2, 3), keepdim=True)
+        return _blend(xf, mean, f)
+    if name == "Sharpness":
+        k = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], device=dev) / 13.0
+        blurred = F.conv2d(xf, k.expand(c, 1, 3, 3), groups=c).round_()
+        degenerate = xf.clone()
+        degenerate[..., 1:-1, 1:-1] = blurred
+        return _blend(xf, degenerate, f)
+    if name == "Posterize":
+        bits = m.round().long().clamp(0, 8)
+        mask = ((0xFF << (8 - bits)) & 0xFF).to(torch.uint8).to(dev).view(-1, 1, 1, 1)
+        return x & mask
+    if name == "Solarize":
+        t = (255.0 * m).to(dev, torch.float32).view(-1, 1, 1, 1)
+        return torch.where(xf >= t, 255 - x, x)
+    if name == "AutoContrast":
+        lo = xf.amin(dim=(2, 3), keepdim=True)
+        hi = xf.amax(dim=(2, 3), keepdim=True)
+        flat = hi <= lo
+        scale = torch.where(flat, torch.ones_like(hi), 255.0 / (hi - lo).clamp_min(1e-6))
+        lo = torch.where(flat, torch.zeros_like(lo), lo)
+        return ((xf - lo) * scale).clamp_(0, 255).to(torch.uint8)
+    if name == "Equalize":
+        import torchvision.transforms.v2.functional as TF
+
+        return TF.equalize(x)
+    raise ValueError(f"unknown op {name}")
 
 
 def seeded_call(fn, x, seed: int):

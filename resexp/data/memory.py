@@ -1,7 +1,8 @@
 """The in-memory path: a whole split as one uint8 NCHW tensor on the training device.
 
 Per batch everything happens on that device, as whole-batch tensor operations: index with the epoch's
-permutation, crop/flip by gathering, optional resized crop / resize, to float, normalise, erase.
+permutation, crop/flip by gathering, optional resized crop / resize, TrivialAugmentWide / RandAugment
+(batched re-implementations, see augment.batched_policy), to float, normalise, erase.
 The random numbers for batch b of epoch e come from a CPU generator seeded by (seed, epoch, rank, b):
 the batches are the same on the CPU and on a GPU, and set_epoch(e, start_batch=k) reproduces batches
 k.. of the full epoch exactly.
@@ -17,7 +18,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from resexp.data import augment
-from resexp.data.common import check_rank, epoch_order, eval_count, generator, mix_seed, train_count
+from resexp.data.common import check_rank, epoch_order, eval_count, generator, train_count
 from resexp.errors import DataError
 
 
@@ -75,7 +76,9 @@ class MemoryLoader:
         self._flip = bool(a.flip) if a is not None else False
         self._rrc = bool(a.random_resized_crop) if a is not None else False
         self._erasing = float(a.random_erasing) if a is not None else 0.0
-        self._policy = augment.policy_transform(a.policy) if a is not None else None
+        self._policy = a.policy if a is not None and a.policy != "none" else None
+        if self._policy is not None:
+            augment.policy_transform(self._policy)  # an unknown name fails here, listing the choices
         self._needs_resize = tuple(images.shape[-2:]) != (image_size, image_size)
         self._random = self._padding > 0 or self._flip or self._rrc or self._erasing > 0 or self._policy is not None
 
@@ -105,7 +108,7 @@ class MemoryLoader:
         for b in range(self.start_batch, len(self)):
             lo, hi = b * bs, min((b + 1) * bs, self.num_samples)
             if order is None:
-                x, y = self.images[lo:hi], self.labels[lo:hi]
+                x, y = self.images[lo:hi], self.labels[lo:hi].clone()
             else:
                 idx = order[lo:hi]
                 x, y = self.images[idx], self.labels[idx]
@@ -124,7 +127,7 @@ class MemoryLoader:
         if self._policy is not None:
             if x.dtype != torch.uint8:
                 x = x.round_().clamp_(0, 255).to(torch.uint8)
-            x = augment.apply_policy(x, self._policy, mix_seed(self.seed, self.epoch, self.rank, b, "policy"))
+            x = augment.batched_policy(x, self._policy, g)
         x = (x.float() if x.dtype == torch.uint8 else x).mul_(self._scale).add_(self._shift)
         if self._erasing > 0:
             x = augment.random_erasing(x, self._erasing, g)

@@ -23,7 +23,7 @@ from resexp.config import to_plain
 from resexp.errors import ConfigError, ResexpError
 from resexp.optim import build_optimizer, build_scheduler
 from resexp.train import checkpoint
-from resexp.train.environment import Env, autocast, rng_state, set_rng_state
+from resexp.train.environment import Env, autocast, average_buffers, rng_state, set_rng_state
 from resexp.train.logger import RunLogger, write_json
 from resexp.train.metrics import Accumulator
 
@@ -174,6 +174,8 @@ class Trainer:
         last_epoch = epoch + 1 == self.tcfg.epochs
         improved = stop = False
         if (epoch + 1) % self.tcfg.val_every == 0 or last_epoch:
+            if self.env.distributed:  # BatchNorm statistics differ per rank: validate (and save) their mean
+                average_buffers(self.eval_model())
             val = self.evaluate(self.eval_model(), self.data.val, self.tcfg.limit_val_batches)
             row.update(val_loss=val["loss"], val_acc=val["acc"], val_acc5=val["acc5"])
             improved = not self.best or self._score(row) > self._score(self.best)
