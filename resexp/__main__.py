@@ -1,16 +1,33 @@
 """`python -m resexp [overrides]` (= `resexp [overrides]`): the Hydra app that trains one run,
-or one job per combination with `-m`."""
+or one job per combination with `-m` (a failing job is recorded and the sweep goes on: resexp/sweep.py).
+`torchrun --nproc_per_node=N -m resexp [overrides]` trains one run with DistributedDataParallel."""
 
 from __future__ import annotations
 
+import atexit
+import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 
 import hydra
 from omegaconf import DictConfig
 
 from resexp.config import conf_dir
-from resexp.errors import ResexpError
+from resexp.errors import ConfigError, ResexpError
+
+# Hydra plugins resexp has configs for: the option users type -> (module, pip extra)
+PLUGINS = {
+    "hydra/launcher=joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+    "hydra/launcher=parallel": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+    "hydra/launcher=slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "hydra/launcher=submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "hydra/launcher=local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "hydra/launcher=submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "hydra/sweeper=optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+    "hparams_search=": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+}
 
 
 def user_error(e: ResexpError) -> None:
@@ -21,17 +38,51 @@ def user_error(e: ResexpError) -> None:
     sys.exit(2)
 
 
+def is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def app(cfg: DictConfig) -> float:
     from resexp.train import run  # imported here so `--cfg job` and `--help` stay fast
 
+    if is_multirun():
+        from resexp.sweep import run_sweep_job
+
+        return run_sweep_job(cfg, run)
     try:
         return run(cfg)
     except ResexpError as e:
         user_error(e)
 
 
+def check_plugins(argv: list[str]) -> None:
+    """A missing Hydra plugin as one line that names the extra to install."""
+    for arg in argv:
+        for prefix, (module, extra) in PLUGINS.items():
+            if arg.lstrip("+~").startswith(prefix) and not arg.endswith("=null"):
+                if importlib.util.find_spec(module.split(".")[0]) is None or \
+                        importlib.util.find_spec(module) is None:
+                    user_error(ConfigError(f"{arg} needs a Hydra plugin: pip install 'resexp[{extra}]'"))
+
+
+def ddp_worker_overrides() -> list[str]:
+    """torchrun starts one copy of this command per process, and Hydra would give each its own
+    time-stamped run directory. Ranks > 0 compose in a throwaway directory and write nothing there;
+    run() then takes rank 0's run directory (broadcast once the process group is up)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0:
+        return []
+    scratch = tempfile.mkdtemp(prefix=f"resexp-rank{os.environ['RANK']}-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}", "hydra.output_subdir=null"]
+
+
 def main() -> None:
+    check_plugins(sys.argv[1:])
+    sys.argv += ddp_worker_overrides()
     app()
 
 

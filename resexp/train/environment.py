@@ -158,6 +158,23 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@torch.no_grad()
+def average_buffers(module: torch.nn.Module) -> None:
+    """DDP: every rank's floating-point buffers (BatchNorm running statistics, which each rank updates
+    from its own shard) replaced by their mean over the ranks, so all ranks hold the same model."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    buffers = [b for b in module.buffers() if b.is_floating_point()]
+    if buffers:
+        flat = torch.cat([b.reshape(-1) for b in buffers])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= dist.get_world_size()
+        offset = 0
+        for b in buffers:
+            b.copy_(flat[offset:offset + b.numel()].view_as(b))
+            offset += b.numel()
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
