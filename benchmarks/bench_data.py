@@ -5,7 +5,8 @@
 
 1. CIFAR-shaped data (N uint8 32x32x3 images), CIFAR augmentation (random crop 32 with padding 4,
    horizontal flip, normalise), batch 256, images/second over whole epochs after a warm-up epoch:
-   - resexp memory path (resexp.data.memory.MemoryLoader), on the CPU (and --device);
+   - resexp memory path (resexp.data.memory.MemoryLoader), on the CPU (and --device); also with
+     TrivialAugmentWide added (its batched re-implementation);
    - torch DataLoader over the same images as PIL with transforms.RandomCrop(32, padding=4),
      RandomHorizontalFlip, ToTensor, Normalize; 0 and 2 workers (persistent).
 2. Image folder: M 224x224 JPEGs written to a temporary folder; the start-up check, then the streaming
@@ -69,8 +70,8 @@ def epochs_per_second(loader, n_images: int, epochs: int, sync=None) -> float:
     return statistics.median(rates)
 
 
-def bench_memory(x: torch.Tensor, y: torch.Tensor, device: str, epochs: int) -> float:
-    aug = OmegaConf.create({"crop_padding": 4, "flip": True, "random_resized_crop": False, "policy": "none",
+def bench_memory(x: torch.Tensor, y: torch.Tensor, device: str, epochs: int, policy: str = "none") -> float:
+    aug = OmegaConf.create({"crop_padding": 4, "flip": True, "random_resized_crop": False, "policy": policy,
                             "random_erasing": 0.0})
     loader = MemoryLoader(x.to(device), y.to(device), batch_size=256, train=True, image_size=32, mean=MEAN,
                           std=STD, augment_cfg=aug, seed=0)
@@ -161,16 +162,21 @@ def main() -> None:
     y = torch.randint(0, 10, (args.n,), generator=g)
 
     rows = [("resexp memory path, cpu", bench_memory(x, y, "cpu", args.epochs))]
-    if args.device and args.device != "cpu":
+    devices = ["cpu"] + ([args.device] if args.device and args.device != "cpu" else [])
+    if len(devices) > 1:
         rows.append((f"resexp memory path, {args.device}", bench_memory(x, y, args.device, args.epochs)))
+    extra = [(f"resexp memory path + TrivialAugmentWide (batched), {d}",
+              bench_memory(x, y, d, args.epochs, "trivialaugment")) for d in devices]
     for w in (0, 2):
         rows.append((f"DataLoader + PIL transforms, {w} workers", bench_dataloader(x, y, w, args.epochs)))
     print(f"\n## CIFAR-shaped: {args.n} images 32x32x3, crop pad 4 + flip + normalise, batch 256")
     print("| loader | images/s |\n|---|---:|")
-    for name, rate in rows:
+    for name, rate in rows + extra:
         print(f"| {name} | {rate:,.0f} |")
     mem, two = rows[0][1], rows[-1][1]
     print(f"\nratio memory (cpu) / DataLoader 2 workers: {mem / two:.1f}x (target >= 7x)")
+    if len(devices) > 1:
+        print(f"ratio memory ({args.device}) / DataLoader 2 workers: {rows[1][1] / two:.1f}x")
 
     print(f"\n## Image folder: {args.folder_n} JPEGs 224x224 -> 224, batch 32")
     print("| path | images/s |\n|---|---:|")
