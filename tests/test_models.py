@@ -75,6 +75,12 @@ def test_every_model_builds_and_trains_a_step(zoo, name):
     _step(zoo(name), torch.randn(2, 3, 32, 32), 1000)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet50v2", "preact_resnet18", "resnet20", "vgg13"])
+def test_smallest_input(zoo, name):
+    with torch.no_grad():
+        assert zoo(name).eval()(torch.zeros(1, 3, 8, 8)).shape == (1, 1000)
+
+
 @pytest.mark.parametrize("block", BLOCKS.list())
 @pytest.mark.parametrize("stem", STEMS.list())
 @pytest.mark.parametrize("in_channels", [1, 3])
@@ -83,7 +89,7 @@ def test_block_stem_combinations(block, stem, in_channels):
            "stages": {"depths": [1, 2], "widths": [8, 16], "strides": [1, 2]}}
     model = build_model(cfg, num_classes=5, in_channels=in_channels)
     assert model.conv1.in_channels == in_channels
-    _step(model, torch.randn(2, in_channels, 16, 16), 5)
+    _step(model, torch.randn(2, in_channels, 8, 8), 5)  # 8x8: the smallest input resexp supports
 
 
 @pytest.mark.parametrize("position, last_dilation", [("first", 4), ("last", 2)])
