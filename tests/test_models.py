@@ -223,9 +223,9 @@ def test_pretrained_offline_gives_one_line_error(monkeypatch, tmp_path):
 def test_pretrained_from_local_file(tmp_path):
     source = torchvision.models.resnet18()
     theirs = source.state_dict()
-    torch.save(theirs, tmp_path / "raw.pth")
+    torch.save(theirs, tmp_path / "it's raw.pth")  # create() must quote the path for Hydra
     torch.save({"model": theirs, "epoch": 3}, tmp_path / "checkpoint.pt")  # a resexp checkpoint
-    for file in ("raw.pth", "checkpoint.pt"):
+    for file in ("it's raw.pth", "checkpoint.pt"):
         model = create("resnet18", num_classes=10, pretrained=str(tmp_path / file))
         ours = model.state_dict()
         assert all(torch.equal(ours[k], v) for k, v in theirs.items() if not k.startswith("fc."))

@@ -6,6 +6,7 @@ name (BLOCKS, STEMS). Every network has a YAML file in conf/model/; `list_models
 
 from __future__ import annotations
 
+import re
 from dataclasses import is_dataclass
 from typing import Any
 
@@ -105,7 +106,10 @@ def _override_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_override_value(v) for v in value) + "]"
     if isinstance(value, str):  # quoted, so that "true", "1" or a path stay strings
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        # In Hydra's quoted strings a backslash escapes only a quote, or the backslashes just before
+        # a quote or the closing quote: double those, escape the quotes, leave the rest as is.
+        escaped = re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), value)
+        return f"'{escaped}'"
     return repr(value)
 
 
