@@ -36,9 +36,11 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def error_line(e: BaseException) -> str:
+def error_line(e: BaseException, limit: int = 300) -> str:
+    """`Type: first line of the message`, cut to `limit` characters (a CUDA OOM message is long)."""
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    line = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def update_metrics(run_dir: Path, **fields: Any) -> None:
