@@ -152,6 +152,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3, help="timed epochs (after one warm-up epoch)")
     p.add_argument("--folder-n", type=int, default=256, help="224x224 JPEGs in the image-folder test")
     p.add_argument("--device", default=None, help="also time the memory path on this device (e.g. cuda)")
+    p.add_argument("--no-folder", action="store_true", help="skip the image-folder part")
     args = p.parse_args()
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -178,6 +179,8 @@ def main() -> None:
     if len(devices) > 1:
         print(f"ratio memory ({args.device}) / DataLoader 2 workers: {rows[1][1] / two:.1f}x")
 
+    if args.no_folder:
+        return
     print(f"\n## Image folder: {args.folder_n} JPEGs 224x224 -> 224, batch 32")
     print("| path | images/s |\n|---|---:|")
     for name, rate in bench_folder(args.folder_n, args.epochs).items():
