@@ -52,13 +52,13 @@ def curves(history: list[dict], best_epoch: int | None) -> Figure:
 def confusion(cm: torch.Tensor, class_names: list[str], title: str = "") -> Figure:
     """Rows: true class, columns: predicted; colour = fraction of the row (recall), text = counts."""
     n = cm.shape[0]
-    side = min(max(4.0, 0.45 * n + 2.5), 24.0)
-    fig = Figure(figsize=(side + 1, side), layout="constrained")
+    side = min(max(5.0, 0.45 * n + 3.0), 24.0)
+    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
     ax = fig.subplots()
     rows = cm.double().sum(1, keepdim=True).clamp(min=1)
     frac = (cm.double() / rows).numpy()
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the row (recall)")
     if n <= 50:
         names = [_short(str(c)) for c in class_names] if len(class_names) == n else [str(i) for i in range(n)]
         ax.set_xticks(range(n), names, rotation=60 if max(map(len, names)) > 3 else 0, ha="right"
@@ -73,7 +73,7 @@ def confusion(cm: torch.Tensor, class_names: list[str], title: str = "") -> Figu
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     acc = float(cm.diag().sum()) / max(1, int(cm.sum()))
-    ax.set_title(f"{title}{' ' if title else ''}confusion matrix (accuracy {acc:.2%}, {int(cm.sum())} images)",
+    ax.set_title(f"{title}{' ' if title else ''}confusion matrix\naccuracy {acc:.2%} on {int(cm.sum())} images",
                  fontsize=10)
     return fig
 
