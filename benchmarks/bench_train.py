@@ -25,6 +25,7 @@ import gc
 import logging
 import sys
 import tempfile
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,7 +276,10 @@ def main(argv=None) -> dict:
         case = CASES[name]
         steps = args.steps or (max(2, case.steps[dev] // 2) if args.quick else None)
         for v in variants:
+            t0 = time.perf_counter()
             rows.append(run_case(case, device, v, repeats, args.batch, steps, warmup))
+            rows[-1]["bench_seconds"] = time.perf_counter() - t0  # set-up + compile + warm-up + repeats
+            print(f"    ({rows[-1]['bench_seconds']:.0f} s with set-up, compilation and warm-up)", flush=True)
             save(result, args.json)  # after every case: a run cut short keeps what it measured
             gc.collect()  # the case's models, optimizers and data
             if dev == "cuda":

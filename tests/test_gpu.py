@@ -56,13 +56,15 @@ def build_trainer(overrides: list[str]):
     return Trainer(cfg, model, data, env, Path(tempfile.mkdtemp()), meta)
 
 
-def test_bf16_channels_last_compile_learns_with_data_on_the_gpu(tmp_path, caplog):
-    best = run(compose([*GPU_TINY, *FAST, "trainer.tta_flip=true", "trainer.label_smoothing=0.1"]), run_dir=tmp_path)
-    m = metrics(tmp_path)
+def test_bf16_channels_last_compile_learns_as_well_as_fp32_with_data_on_the_gpu(tmp_path, caplog):
+    # the expected accuracy is what plain float32 eager training reaches on the same data and seed
+    ref = run(compose([*GPU_TINY, "trainer.epochs=6"]), run_dir=tmp_path / "fp32")
+    best = run(compose([*GPU_TINY, *FAST, "trainer.epochs=6", "trainer.tta_flip=true"]), run_dir=tmp_path / "fast")
+    m = metrics(tmp_path / "fast")
     assert m["status"] == "completed"
     assert "torch.compile failed" not in caplog.text  # the compiled path ran, not the eager fallback
     assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
-    assert best >= 0.9, m["history"]
+    assert ref >= 0.5 and best >= ref - 0.05, (ref, m["history"])
     assert m["history"][-1]["train_loss"] < m["history"][0]["train_loss"]
 
 
@@ -96,7 +98,8 @@ def _sync_warnings(trainer, epoch: int, monkeypatch) -> list[str]:
         finally:
             torch.cuda.set_sync_debug_mode(0)
             monkeypatch.setattr(torch.cuda, "synchronize", real_synchronize)
-    return [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    # ("Synchronization debug mode is a prototype feature" is the switch's own one-time notice)
+    return [str(w.message) for w in caught if "called a synchronizing" in str(w.message)]
 
 
 @pytest.mark.parametrize("precision,compile_", [("bf16", True), ("16", False)])
@@ -112,7 +115,8 @@ def test_no_host_sync_inside_a_training_step(precision, compile_, monkeypatch):
     # with a logging interval: one flag read per interval of 4 steps (16 steps), nothing else
     trainer.tcfg.log_every_n_steps = 4
     syncs = _sync_warnings(trainer, 2, monkeypatch)
-    assert len(syncs) <= 16 // 4 + 1, syncs[:6]  # + the logged losses read once at the end of the epoch
+    # >= 1: the detector does see a sync; <= 5: one per interval + the logged losses read at the epoch's end
+    assert 1 <= len(syncs) <= 16 // 4 + 1, syncs[:6]
 
 
 def test_fp16_with_grad_scaler_trains(tmp_path):

@@ -99,3 +99,17 @@ def test_first_step_stopwatch_reports_through_the_cli(tmp_path):
     line = [x for x in p.stderr.splitlines() if x.startswith("FIRST_STEP ")]
     assert len(line) == 1 and float(line[0].split()[1]) > 0  # the hook fired once, then removed itself
     assert list(tmp_path.glob("outputs/*/*/metrics.json"))
+
+
+def test_resume_into_a_new_directory_brings_best_checkpoint_along(tmp_path):
+    # Found by the GPU resume test: a resumed run writing to another directory (what the CLI does:
+    # every run gets a new outputs/<date>/<time>) that never improves on the best-so-far had no best.pt
+    # to re-evaluate at the end. Here the resumed run has no epochs left at all.
+    tiny = ["model=resnet20", "model.stages.depths=[1,1]", "model.stages.widths=[8,16]", "model.stages.strides=[1,2]",
+            "data=synthetic", "data.num_samples=96", "data.image_size=8", "data.num_classes=2",
+            "data.batch_size=32", *CPU_SMALL]
+    run(compose(tiny), run_dir=tmp_path / "first")
+    run(compose([*tiny, f"trainer.resume={tmp_path / 'first'}"]), run_dir=tmp_path / "second")
+    assert (tmp_path / "second/checkpoints/best.pt").is_file()
+    m = json.loads((tmp_path / "second/metrics.json").read_text())
+    assert m["status"] == "completed" and m["best"]["epoch"] == 1

@@ -149,13 +149,15 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    # .cpu(): a checkpoint loaded with map_location=cuda brings these tensors to the GPU, but numpy and
+    # the RNG setters take host tensors
     version, keys, gauss = state["python"]
     random.setstate((version, tuple(keys.tolist()), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 @torch.no_grad()

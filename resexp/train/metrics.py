@@ -23,7 +23,9 @@ class Accumulator:
             loss.detach().double() * n,
             hits[:, 0].sum().double(),
             hits.any(dim=1).sum().double(),
-            torch.tensor(float(n), dtype=torch.float64, device=loss.device),
+            # a fill, not torch.tensor(n, device=...): that is a blocking host-to-device copy,
+            # i.e. a stream synchronisation in every step on CUDA
+            torch.full((), float(n), dtype=torch.float64, device=loss.device),
         ])
         self.sums += batch
 
