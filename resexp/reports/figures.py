@@ -44,6 +44,9 @@ def curves(history: list[dict], best_epoch: int | None) -> Figure:
             if max(epochs) - min(epochs) < 12:
                 ax.set_xticks(epochs)
     ax_acc.set_ylim(-0.02, 1.02)
+    losses = [r[k] for r in history for k in ("train_loss", "val_loss") if r.get(k) is not None]
+    if losses and min(losses) > 0 and max(losses) / min(losses) > 50:  # a blow-up would flatten the rest
+        ax_loss.set_yscale("log")
     ax_loss.set_title("loss")
     ax_acc.set_title("accuracy (fraction)")
     return fig
