@@ -136,12 +136,13 @@ def summary_lines(sweep_dir: Path, write: bool = True) -> tuple[list, list[str]]
     return jobs, lines
 
 
-def continue_optuna_study(sweeper_cfg) -> None:
+def continue_optuna_study(config) -> None:
     """An Optuna search with a storage (SQLite) continues its study: `n_trials` counts the trials
     that study finished before, so re-running an interrupted search runs only the rest. A trial
     the interruption left RUNNING is not counted: it is run again (with new parameters)."""
     from omegaconf import read_write
 
+    sweeper_cfg = config.hydra.sweeper
     storage, name = str(sweeper_cfg.storage), sweeper_cfg.study_name
     if storage.startswith("sqlite:///"):  # SQLite creates the file, not its folder
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -157,6 +158,8 @@ def continue_optuna_study(sweeper_cfg) -> None:
     log.info(f"Optuna study '{name}' in {storage}: {done} of {wanted} trials finished earlier; running {left} more")
     with read_write(sweeper_cfg):
         sweeper_cfg.n_trials = left
+    if left == 0:  # no job will create the sweep directory, where Optuna writes its results
+        Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
 
 
 class SweepCallback(Callback):
@@ -166,7 +169,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config, **kwargs: Any) -> None:
         sweeper = config.hydra.sweeper
         if "optuna" in str(sweeper.get("_target_", "")) and sweeper.get("storage") and sweeper.get("study_name"):
-            continue_optuna_study(sweeper)
+            continue_optuna_study(config)
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         if not is_main_process():

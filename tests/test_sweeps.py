@@ -225,8 +225,11 @@ def test_optuna_study_continues_where_it_stopped(tmp_path, monkeypatch):
     # "interrupted" after 2 of 3 trials: the same search again runs only the third
     assert in_process(monkeypatch, tmp_path, *args, "hydra.sweeper.n_trials=3") == 0
     assert len(seen) == 3
+    assert in_process(monkeypatch, tmp_path, *args, "hydra.sweeper.n_trials=3") == 0  # complete: nothing to run
+    assert len(seen) == 3
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{db}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
     assert study.best_value == pytest.approx(max(1 - lr for _, lr in seen))
-    for d in tmp_path.glob("outputs/multirun/*/*"):
-        assert (d / "sweep_summary.csv").is_file() and (d / "optimization_results.yaml").is_file()
+    sweeps = sorted(tmp_path.glob("outputs/multirun/*/*"))
+    assert len(sweeps) == 3 and all((d / "optimization_results.yaml").is_file() for d in sweeps)
+    assert [len(read_csv(d / "sweep_summary.csv")) for d in sweeps[:2]] == [2, 1]
