@@ -102,7 +102,7 @@ def test_registry_and_presets():
 
 
 def test_digits_counts_shapes_and_stratified_split(digits):
-    assert digits.info.num_classes == 10 and digits.info.in_channels == 1 and digits.info.image_size == 32
+    assert digits.info.num_classes == 10 and digits.info.in_channels == 1 and digits.info.image_size == 16
     assert digits.train.num_samples + digits.val.num_samples == 1797
     assert digits.val.num_samples == 359 and digits.test is None  # round(0.2 * 1797)
     val_y = torch.cat([y for _, y in digits.val])
