@@ -112,7 +112,7 @@ def test_digits_counts_shapes_and_stratified_split(digits):
     full = torch.bincount(torch.as_tensor(load_digits().target), minlength=10)
     assert ((counts.float() - 0.2 * full).abs() <= 1).all()
     x, y = next(iter(digits.train))
-    assert x.shape == (64, 1, 32, 32) and x.dtype == torch.float32 and x.device.type == "cpu"
+    assert x.shape == (64, 1, 16, 16) and x.dtype == torch.float32 and x.device.type == "cpu"
     assert y.dtype == torch.int64 and y.shape == (64,)
     assert isinstance(digits.train, Loader) and isinstance(digits.val, Loader)
     assert len(digits.train) == -(-digits.train.num_samples // 64)
