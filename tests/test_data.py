@@ -379,7 +379,7 @@ def test_preprocess_image_matches_eval_path(folder):
     big = Image.fromarray(np.full((300, 200), 128, dtype=np.uint8), "L")
     assert preprocess_image(big, cfg).shape == (3, 24, 24)
     d = preprocess_image(Image.new("RGB", (8, 8), (255, 255, 255)), data_cfg("digits"))
-    assert d.shape == (1, 32, 32) and torch.allclose(d, torch.full_like(d, (1 - 0.3055) / 0.3235))
+    assert d.shape == (1, 16, 16) and torch.allclose(d, torch.full_like(d, (1 - 0.3055) / 0.3186))
 
 
 def test_preprocess_image_needs_no_data_files(tmp_path):
