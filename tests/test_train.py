@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from resexp.config import compose
+from resexp.data import build_data
 from resexp.errors import CheckpointError
 from resexp.train import checkpoint as ckpt
 from resexp.train import run
@@ -102,7 +104,8 @@ def test_training_features_run_together(tmp_path):
              "trainer.precision=bf16", "trainer.tta_flip=true", "scheduler.warmup_epochs=1", "trainer.epochs=2"]
     run(tiny(*extra), run_dir=tmp_path)
     last = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
-    assert last["ema"] is not None and last["global_step"] == 2 * 6  # 12 batches/epoch, 2 per step
+    batches = len(build_data(tiny().data).train)
+    assert last["ema"] is not None and last["global_step"] == 2 * math.ceil(batches / 2)  # 2 batches per step
 
 
 def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch, caplog):
@@ -124,13 +127,15 @@ def test_early_stopping_ends_the_run(tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_best(tmp_path):
-    run(tiny("trainer.epochs=1"), run_dir=tmp_path / "first")
-    best_before = (tmp_path / "first/checkpoints/best.pt").read_bytes()
-    cfg = tiny("optimizer.lr=1e30", "optimizer.momentum=0", f"trainer.resume={tmp_path / 'first'}")
-    with pytest.raises(NonFiniteLoss, match="NaN/Inf"):
-        run(cfg, run_dir=tmp_path / "first")
-    assert (tmp_path / "first/checkpoints/best.pt").read_bytes() == best_before
-    assert json.loads((tmp_path / "first/metrics.json").read_text())["status"] == "failed"
+    run(tiny("trainer.epochs=1"), run_dir=tmp_path)
+    best_before = (tmp_path / "checkpoints/best.pt").read_bytes()
+    last_before = (tmp_path / "checkpoints/last.pt").read_bytes()
+    with pytest.raises(NonFiniteLoss, match="NaN/Inf"):  # a second run into the same directory diverges
+        run(tiny("optimizer.lr=1e30", "optimizer.momentum=0"), run_dir=tmp_path)
+    assert (tmp_path / "checkpoints/best.pt").read_bytes() == best_before
+    assert (tmp_path / "checkpoints/last.pt").read_bytes() == last_before
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "NaN/Inf" in metrics["error"]
 
 
 def test_checkpoint_of_another_shape_is_a_clear_error(tmp_path):

@@ -31,12 +31,19 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 def write_json(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False, default=_json_default))
+    tmp.write_text(json.dumps(finite(obj), indent=2, allow_nan=False))
     os.replace(tmp, path)
 
 
-def _json_default(v):
-    return None if isinstance(v, float) and not math.isfinite(v) else str(v)
+def finite(v):
+    """JSON has no NaN/Inf: a diverged metric is written as null."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [finite(x) for x in v]
+    return v
 
 
 class RunLogger:
