@@ -128,6 +128,7 @@ class TrainerConfig:
     finetune_from: str | None = None  # checkpoint whose backbone (all but the classifier) is loaded
     sync_batchnorm: bool = False  # DDP only
     tta_flip: bool = False  # evaluation averages the logits of the image and its mirror
+    report: bool = True  # after the run: curves, confusion matrix, predictions, summary, safetensors
 
 
 @dataclass

@@ -14,7 +14,8 @@ import pytest
 # Global batch B=32: one process with 32, or two with 16 each (their union is the one-process batch).
 # A constant schedule, so that 2 epochs resumed to 3 are the same run as 3 epochs straight.
 JOB = ["data=synthetic", "data.num_samples=512", "data.image_size=16", "data.num_classes=4",
-       "model.stages.depths=[1,1,1]", "optimizer.lr=0.1", "scheduler=constant", "trainer.progress=false"]
+       "model.stages.depths=[1,1,1]", "optimizer.lr=0.1", "scheduler=constant", "trainer.progress=false",
+       "trainer.report=false"]
 
 
 def launch(cwd: Path, *args: str, nproc: int | None = None) -> Path:

@@ -19,7 +19,7 @@ from resexp import report
 
 # A job of a few seconds: 3 stages of 1 block on 8x8 synthetic images, one epoch of 3 batches.
 TINY = ["data=synthetic", "data.num_samples=64", "data.image_size=8", "data.batch_size=16",
-        "model.stages.depths=[1,1,1]", "trainer.epochs=1", "trainer.progress=false"]
+        "model.stages.depths=[1,1,1]", "trainer.epochs=1", "trainer.progress=false", "trainer.report=false"]
 
 
 def resexp_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:

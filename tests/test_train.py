@@ -26,6 +26,7 @@ TINY = [
     "model=resnet20", "model.stages.depths=[1,1]", "model.stages.widths=[8,16]", "model.stages.strides=[1,2]",
     "data=synthetic", "data.num_samples=384", "data.image_size=16", "data.num_classes=4", "data.batch_size=32",
     "optimizer=sgd", "optimizer.lr=0.05", "scheduler=cosine", "trainer.epochs=3", "trainer.progress=false",
+    "trainer.report=false",
 ]
 
 
@@ -179,7 +180,7 @@ def test_unwritable_checkpoint_dir_raises(tmp_path):
 
 
 # --- the command line: signals and kills in a real process ---------------------------------------
-SLOW_TINY = [*TINY, "trainer.epochs=4", "data.num_samples=1536", "hydra.run.dir=RUN"]
+SLOW_TINY = [*TINY, "data.num_samples=768", "hydra.run.dir=RUN"]
 
 
 def cli(run_dir: Path, *extra: str, **kw) -> subprocess.Popen:

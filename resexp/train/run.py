@@ -98,7 +98,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
     try:
         trainer.fit()
         final = final_evaluation(trainer)
-        report = write_run_report(trainer, final)  # figures, model summary, safetensors; {"per_class": ...}
+        # figures, model summary, safetensors; {"per_class": ...}
+        report = write_run_report(trainer, final) if cfg.trainer.report else {}
         extra = {"resumed_from": str(resume_path)} if resume_path else {}
         metrics = trainer.write_metrics(status="completed", **extra, **report)
         logger.hparams(cfg, final)
