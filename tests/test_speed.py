@@ -22,9 +22,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 # CIFAR's shape, tiny: 3x32x32, 10 classes; a couple of batches on the CPU in float32, eagerly.
 CIFAR_SHAPED = ["data=synthetic", "data.image_size=32", "data.num_classes=10", "data.channels=3",
-                "data.num_samples=120", "data.val_split=0.2", "data.batch_size=16", "data.eval_batch_size=32"]
+                "data.num_samples=60", "data.val_split=0.2", "data.batch_size=8", "data.eval_batch_size=16"]
 CPU_SMALL = ["trainer.device=cpu", "trainer.precision=32", "trainer.compile=false", "trainer.epochs=1",
-             "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.progress=false"]
+             "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.progress=false"]
 
 
 def test_cifar10_fast_composes_as_a_fast_large_batch_recipe():
@@ -46,8 +46,8 @@ def test_cifar10_fast_runs_one_short_epoch_on_cifar_shaped_data(tmp_path):
     assert m["history"][0]["val_acc"] is not None  # the last epoch is always validated (with flip TTA)
     state = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
     assert state["model"]["conv1.weight"].shape == (64, 3, 3, 3)  # the CIFAR stem
-    # lr 0.1 quoted per 128 images, scaled linearly to the batch of 16
-    assert state["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(0.1 * 16 / 128)
+    # lr 0.1 quoted per 128 images, scaled linearly to the batch of 8
+    assert state["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(0.1 * 8 / 128)
 
 
 def test_training_flops_per_image_match_the_published_counts():
@@ -106,8 +106,8 @@ def test_resume_into_a_new_directory_brings_best_checkpoint_along(tmp_path):
     # every run gets a new outputs/<date>/<time>) that never improves on the best-so-far had no best.pt
     # to re-evaluate at the end. Here the resumed run has no epochs left at all.
     tiny = ["model=resnet20", "model.stages.depths=[1,1]", "model.stages.widths=[8,16]", "model.stages.strides=[1,2]",
-            "data=synthetic", "data.num_samples=96", "data.image_size=8", "data.num_classes=2",
-            "data.batch_size=32", *CPU_SMALL]
+            "data=synthetic", "data.num_samples=48", "data.image_size=8", "data.num_classes=2",
+            "data.batch_size=16", *CPU_SMALL]
     run(compose(tiny), run_dir=tmp_path / "first")
     run(compose([*tiny, f"trainer.resume={tmp_path / 'first'}"]), run_dir=tmp_path / "second")
     assert (tmp_path / "second/checkpoints/best.pt").is_file()
