@@ -31,17 +31,14 @@ def test_group_options_compose_on_the_command_line():
     assert cfg.model.block.name == "preact_bottleneck" and list(cfg.model.stages.depths) == [3, 4, 23, 3]
 
 
+# One case per kind of error path (Hydra composition, registry, runtime check); the messages of the
+# rest are asserted in-process in test_config.py, test_models.py and test_data.py.
 @pytest.mark.parametrize(
     "args, expected",
     [
         (["trainer.epoch=3"], "trainer.epoch"),  # misspelt key: named in full
-        (["trainer.epochs=many"], "trainer.epochs"),  # wrong type
-        (["model=resnet7"], "resnet18"),  # unknown option: Hydra lists the available ones
         (["optimizer.name=sgdd"], "choose one of: adam, adamw, sgd"),  # registry: valid names
-        (["model/block=nope"], "basic"),
-        (["trainer.device=cuda:0"] if not __import__("torch").cuda.is_available() else ["trainer.device=tpu"],
-         "trainer.device"),
-        (["trainer.precision=8"], "trainer.precision"),
+        (["trainer.precision=8"], "trainer.precision"),  # checked when the run starts
     ],
 )
 def test_user_errors_are_one_clear_line_without_traceback(tmp_path, args, expected):

@@ -35,6 +35,11 @@ def test_typos_and_wrong_types_name_the_full_key(override, key):
     assert key in str(err.value) + str(err.value.__cause__)
 
 
+def test_an_unknown_group_option_lists_the_available_ones():
+    with pytest.raises(ConfigCompositionException, match="resnet18"):
+        compose(["model=resnet7"])
+
+
 def test_a_yaml_typo_is_caught_by_the_schema(tmp_path, monkeypatch):
     conf = tmp_path / "conf"
     import shutil
