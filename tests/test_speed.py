@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 CIFAR_SHAPED = ["data=synthetic", "data.image_size=32", "data.num_classes=10", "data.channels=3",
                 "data.num_samples=60", "data.val_split=0.2", "data.batch_size=8", "data.eval_batch_size=16"]
 CPU_SMALL = ["trainer.device=cpu", "trainer.precision=32", "trainer.compile=false", "trainer.epochs=1",
-             "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.progress=false"]
+             "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.progress=false",
+             "trainer.report=false"]
 
 
 def test_cifar10_fast_composes_as_a_fast_large_batch_recipe():
