@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,23 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
+from bench_common import cpu_name  # noqa: E402 (this script's folder is on sys.path)
 from omegaconf import OmegaConf  # noqa: E402
 
 from resexp.data import build_data  # noqa: E402
 from resexp.data.memory import MemoryLoader  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or platform.machine()
 
 
 def epochs_per_second(loader, n_images: int, epochs: int, sync=None) -> float:
@@ -156,7 +144,7 @@ def main() -> None:
     args = p.parse_args()
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"# {cpu_model()}, {cores} cores, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"# {cpu_name()}, {cores} cores, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"# command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}".rstrip())
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (args.n, 3, 32, 32), dtype=torch.uint8, generator=g)
