@@ -6,7 +6,7 @@
     model_summary.txt     layer table and parameter counts
     best.safetensors      the best weights; model.json says how to rebuild and feed the network
 
-`write_run_report(trainer, final)` returns `{"per_class": {...}}` for metrics.json.
+`write_run_report(trainer, final, val)` returns `{"per_class": {...}}` for metrics.json.
 """
 
 from __future__ import annotations
@@ -41,15 +41,14 @@ def _attempt(what: str, fn, *args) -> None:
         log.warning(f"run report: could not write {what}: {type(e).__name__}: {e}")
 
 
-def write_run_report(trainer, final: dict) -> dict:
-    """Evaluate the best model (already loaded by final_evaluation) on val once, write the report
-    files into the run directory, and return {"per_class": ...} to add to metrics.json.
+def write_run_report(trainer, final: dict, val: dict) -> dict:
+    """Write the report files into the run directory from final_evaluation's validation pass of the
+    best model (`val`, collected with predictions), and return {"per_class": ...} for metrics.json.
 
-    Call it on every rank: under DDP each rank evaluates its shard and rank 0 gathers them.
+    Call it on every rank: under DDP each rank holds its shard's predictions and rank 0 gathers them.
     """
     t0 = time.perf_counter()
     model = trainer.eval_model()
-    val = trainer.evaluate(model, trainer.data.val, collect=True)
     probs, targets = _gather(val["probs"], val["targets"], trainer.env.distributed)
     if not trainer.env.is_main:
         return {}

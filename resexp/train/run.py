@@ -97,9 +97,9 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
     logger.config(cfg)
     try:
         trainer.fit()
-        final = final_evaluation(trainer)
-        # figures, model summary, safetensors; {"per_class": ...}
-        report = write_run_report(trainer, final) if cfg.trainer.report else {}
+        final, val = final_evaluation(trainer, collect=cfg.trainer.report)
+        # figures, model summary, safetensors from that same validation pass; {"per_class": ...}
+        report = write_run_report(trainer, final, val) if cfg.trainer.report else {}
         extra = {"resumed_from": str(resume_path)} if resume_path else {}
         metrics = trainer.write_metrics(status="completed", **extra, **report)
         logger.hparams(cfg, final)
@@ -111,15 +111,17 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
         logger.close()
 
 
-def final_evaluation(trainer: Trainer) -> dict:
-    """Reload best.pt, evaluate it on val (and test), and make that the reported best."""
+def final_evaluation(trainer: Trainer, collect: bool = False) -> tuple[dict, dict]:
+    """Reload best.pt, evaluate it on val (and test), and make that the reported best.
+
+    Returns the best metrics and the validation result (with this rank's predictions if collect)."""
     best_path = trainer.ckpt_dir / "best.pt"
     if trainer.env.distributed:
         torch.distributed.barrier()  # rank 0 has finished writing best.pt
     state = checkpoint.load(best_path, map_location=trainer.device)
     model = trainer.eval_model()
     model.load_state_dict(state["model"])
-    val = trainer.evaluate(model, trainer.data.val)
+    val = trainer.evaluate(model, trainer.data.val, collect=collect)
     best = {**state["best"], "val_loss": val["loss"], "val_acc": val["acc"], "val_acc5": val["acc5"]}
     if trainer.data.test is not None:
         test = trainer.evaluate(model, trainer.data.test)
@@ -128,4 +130,4 @@ def final_evaluation(trainer: Trainer) -> dict:
     if trainer.env.is_main:
         log.info(f"best epoch {best['epoch']}: val acc {best['val_acc']:.2%} loss {best['val_loss']:.4f}"
                  + (f"; test acc {best['test_acc']:.2%}" if "test_acc" in best else ""))
-    return best
+    return best, val
