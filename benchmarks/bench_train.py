@@ -15,6 +15,7 @@ dense bf16 peak that the throughput reaches.
 
     python benchmarks/bench_train.py --device cpu
     python benchmarks/bench_train.py --device cuda --variants eager,compile
+    python benchmarks/bench_train.py --device cuda --cases resnet18_cifar --variants cudagraphs --batch 2048
 """
 
 from __future__ import annotations
@@ -68,12 +69,15 @@ CASES = {
                             torchvision_twin=None),
 }
 
-# precision, channels_last, compile
+# precision, channels_last, torch.compile mode (None: eager)
 VARIANTS = {
-    "eager": ("bf16", True, False),
-    "compile": ("bf16", True, True),
-    "fp32": ("32", False, False),
-    "fp32-compile": ("32", False, True),
+    "eager": ("bf16", True, None),
+    "compile": ("bf16", True, "default"),
+    "cudagraphs": ("bf16", True, "reduce-overhead"),
+    "autotune": ("bf16", True, "max-autotune-no-cudagraphs"),
+    "autotune-cudagraphs": ("bf16", True, "max-autotune"),
+    "fp32": ("32", False, None),
+    "fp32-compile": ("32", False, "default"),
 }
 
 
@@ -89,7 +93,7 @@ def torchvision_model(twin: str, num_classes: int) -> nn.Module:
 def compose_case(case: Case, dev: str, device: torch.device, variant: tuple, batch: int, steps: int, n: int):
     from resexp.config import compose
 
-    precision, channels_last, compile_ = variant
+    precision, channels_last, mode = variant
     norm = [f"data.mean={case.mean}", f"data.std={case.std}"] if case.mean else []
     return compose([
         f"model={case.model}", *case.model_overrides,
@@ -98,7 +102,8 @@ def compose_case(case: Case, dev: str, device: torch.device, variant: tuple, bat
         "data.augment.crop_padding=0", "data.augment.flip=false", *norm,
         "optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "optimizer.weight_decay=5e-4",
         f"trainer.device={device}", f"trainer.precision={precision}", f"trainer.channels_last={channels_last}",
-        f"trainer.compile={compile_}", "trainer.progress=false", f"trainer.limit_train_batches={steps}",
+        f"trainer.compile={mode is not None}", f"trainer.compile_mode={mode or 'default'}",
+        "trainer.progress=false", f"trainer.limit_train_batches={steps}",
     ])
 
 
@@ -126,10 +131,11 @@ class Reference:
 
     def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int,
                  device: torch.device, variant: tuple, mean, std):
-        precision, channels_last, compile_ = variant
+        precision, channels_last, mode = variant
         self.mf = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=self.mf)
-        self.forward = torch.compile(self.model) if compile_ else self.model
+        self.forward = torch.compile(self.model, mode=mode) if mode else self.model
+        self.cuda_graphs = mode in ("reduce-overhead", "max-autotune")
         fused = {"fused": True} if device.type == "cuda" else {}
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, **fused)
         dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision)
@@ -149,6 +155,8 @@ class Reference:
             x = self.images[idx].float().div_(255).sub_(self.mean).div_(self.std)
             x = x.contiguous(memory_format=self.mf)
             y = self.labels[idx]
+            if self.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with self.autocast:
                 logits = self.forward(x)
                 loss = F.cross_entropy(logits.float(), y)
@@ -218,7 +226,7 @@ def run_case(case: Case, device: torch.device, variant_name: str, repeats: int, 
     paired = median([a / b for a, b in zip(times["resexp"], times["reference"], strict=True)])
     row = {
         "case": case.name, "variant": variant_name, "device": dev, "batch": batch, "steps": steps,
-        "repeats": repeats, "precision": variant[0], "channels_last": variant[1], "compile": variant[2],
+        "repeats": repeats, "precision": variant[0], "channels_last": variant[1], "compile_mode": variant[2],
         "resexp_img_s": res, "reference_img_s": refv, "ratio": res / refv, "paired_ratio": paired,
         "resexp_spread": spread(times["resexp"]), "reference_spread": spread(times["reference"]),
         "reference_model": twin, "gflop_per_image": flops / 1e9,
@@ -251,8 +259,6 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, default=None, help="override every case's batch size")
     p.add_argument("--steps", type=int, default=None, help="override every case's steps per repeat")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps per side (default 1 CPU, 10 CUDA)")
-    p.add_argument("--max-autotune", action="store_true",
-                   help="inductor max-autotune (as mode=max-autotune-no-cudagraphs) for both sides")
     p.add_argument("--quick", action="store_true", help="fewer steps and repeats (a smoke run)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
@@ -263,15 +269,10 @@ def main(argv=None) -> dict:
     variants = (args.variants or ("eager,compile" if dev == "cuda" else "fp32")).split(",")
     repeats = args.repeats or (2 if args.quick else (5 if dev == "cuda" else 3))
     warmup = args.warmup or (1 if dev == "cpu" else 10)
-    if args.max_autotune:
-        import torch._inductor.config as inductor_config
-
-        inductor_config.max_autotune = True
-        inductor_config.max_autotune_gemm = True
     hw = hardware(device)
     print(f"training throughput on {hw}", flush=True)
     rows = []
-    result = {"benchmark": "train", "hardware": hw, "device": dev, "rows": rows, "max_autotune": args.max_autotune}
+    result = {"benchmark": "train", "hardware": hw, "device": dev, "rows": rows}
     for name in args.cases.split(","):
         case = CASES[name]
         steps = args.steps or (max(2, case.steps[dev] // 2) if args.quick else None)

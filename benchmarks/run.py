@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer steps, repeats and epochs")
     p.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of: {', '.join(ALL)}")
     p.add_argument("--out", default=str(ROOT / "outputs" / "benchmarks"), help="where the result files go")
-    p.add_argument("--max-autotune", action="store_true", help="train: inductor max-autotune for both sides")
+    p.add_argument("--variants", default=None, help="train: bench_train.py's --variants (e.g. compile,cudagraphs)")
     args = p.parse_args(argv)
     device = pick_device(args.device)
     out = Path(args.out)
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
                 import bench_train
 
                 results[name] = bench_train.main(["--device", str(device), *quick, "--json", str(out / "train.json"),
-                                                  *(["--max-autotune"] if args.max_autotune else [])])
+                                                  *(["--variants", args.variants] if args.variants else [])])
             elif name == "data":
                 results[name] = run_data(device, args.quick, out)
             elif name == "e2e":

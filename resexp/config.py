@@ -110,6 +110,9 @@ class TrainerConfig:
     precision: str = "32"  # 32 | bf16 | 16
     channels_last: bool = False
     compile: bool = False
+    # torch.compile mode: default | reduce-overhead (CUDA graphs for the training step) | max-autotune |
+    # max-autotune-no-cudagraphs. Evaluation never uses CUDA graphs (it keeps outputs across calls).
+    compile_mode: str = "default"
     deterministic: bool = False
     grad_clip: float | None = None  # max gradient norm
     accumulate: int = 1  # gradient accumulation steps

@@ -31,26 +31,34 @@ def test_group_options_compose_on_the_command_line():
     assert cfg.model.block.name == "preact_bottleneck" and list(cfg.model.stages.depths) == [3, 4, 23, 3]
 
 
-# One case per kind of error path (Hydra composition, registry, runtime check); the messages of the
-# rest are asserted in-process in test_config.py, test_models.py and test_data.py.
+# One case per kind of error path (Hydra composition, registry, trainer choice), all caught before any
+# data is read; the messages of the rest are asserted in test_config.py, test_models.py, test_data.py.
 @pytest.mark.parametrize(
     "args, expected",
     [
         (["trainer.epoch=3"], "trainer.epoch"),  # misspelt key: named in full
         (["optimizer.name=sgdd"], "choose one of: adam, adamw, sgd"),  # registry: valid names
         (["trainer.precision=8"], "trainer.precision"),  # checked when the run starts
+        (["trainer.compile_mode=fast"], "not one of: default, reduce-overhead, max-autotune"),
+        # names are checked before the data set is read (that root does not exist)
+        (["data=image_folder", "data.root=/nonexistent", "optimizer.name=sgdd"], "unknown optimizer 'sgdd'"),
     ],
 )
-def test_user_errors_are_one_clear_line_without_traceback(tmp_path, args, expected):
-    out = resexp(*args, "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert out.returncode != 0
-    assert expected in out.stderr, out.stderr
-    assert "Traceback" not in out.stderr
+def test_user_errors_are_one_clear_line_without_traceback(tmp_path, in_process, capsys, args, expected):
+    code = in_process(tmp_path, *args, "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}")
+    err = capsys.readouterr().err
+    assert code != 0
+    assert expected in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_hydra_full_error_shows_the_traceback(tmp_path):
-    out = resexp("optimizer.name=sgdd", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}",
-                 env={"HYDRA_FULL_ERROR": "1"})
+def test_a_user_error_exits_2_and_hydra_full_error_shows_the_traceback(tmp_path):
+    args = ("optimizer.name=sgdd", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}")
+    out = resexp(*args)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "error: unknown optimizer 'sgdd'; choose one of: adam, adamw, sgd"], out.stderr
+    out = resexp(*args, env={"HYDRA_FULL_ERROR": "1"})
     assert out.returncode != 0 and "Traceback" in out.stderr
 
 

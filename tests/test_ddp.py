@@ -1,5 +1,6 @@
 """DistributedDataParallel on CPU (Gloo): `torchrun --nproc_per_node=2 -m resexp` trains like one process
-with the whole batch, writes one run directory, and resumes (rank 0 writes last.pt, every rank loads it)."""
+(run in-process here) with the whole batch, writes one run directory, and resumes (rank 0 writes last.pt,
+every rank loads it)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from resexp.config import compose
+from resexp.train import run
+
 # Global batch B=32: one process with 32, or two with 16 each (their union is the one-process batch).
 # A constant schedule, so that 2 epochs resumed to 3 are the same run as 3 epochs straight.
 JOB = ["data=synthetic", "data.num_samples=512", "data.image_size=16", "data.num_classes=4",
@@ -18,14 +22,18 @@ JOB = ["data=synthetic", "data.num_samples=512", "data.image_size=16", "data.num
        "trainer.report=false"]
 
 
-def launch(cwd: Path, *args: str, nproc: int | None = None) -> Path:
-    """Run resexp (under torchrun with nproc) in cwd; returns the one run directory it made."""
-    before = set(cwd.glob("outputs/*/*"))
-    torchrun = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"] if nproc else []
+def launch(cwd: Path, *args: str, nproc: int) -> subprocess.Popen:
+    """`torchrun --nproc_per_node=nproc -m resexp ARGS` in cwd, started."""
+    torchrun = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    out = subprocess.run([sys.executable, *torchrun, "-m", "resexp", *args], cwd=cwd, capture_output=True, text=True,
-                         env=env, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return subprocess.Popen([sys.executable, *torchrun, "-m", "resexp", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def finish(proc: subprocess.Popen, cwd: Path, before: set) -> Path:
+    """Waits for the launch; returns the one run directory it made."""
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-6000:]
     made = [p for p in set(cwd.glob("outputs/*/*")) - before if p.is_dir()]
     assert len(made) == 1, made  # ranks > 0 made no directory of their own
     return made[0]
@@ -37,13 +45,16 @@ def metrics(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_share_one_run_directory_and_resume(tmp_path):
-    one = launch(tmp_path, *JOB, "data.batch_size=32", "trainer.epochs=3")
-    part = launch(tmp_path, *JOB, "data.batch_size=16", "trainer.epochs=2", nproc=2)
+    proc = launch(tmp_path, *JOB, "data.batch_size=16", "trainer.epochs=2", nproc=2)
+    run(compose([*JOB, "data.batch_size=32", "trainer.epochs=3"]), run_dir=tmp_path / "one")  # meanwhile
+    part = finish(proc, tmp_path, set())
     assert (part / ".hydra/config.yaml").is_file() and (part / "checkpoints/last.pt").is_file()
     writers = {f.name.split(".")[-2] for f in (part / "tb").glob("events.out.tfevents.*")}
     assert len(writers) == 1  # one process id: only rank 0 writes TensorBoard
     # "interrupted" after 2 epochs: resume=auto finds part's last.pt; both ranks load it
-    two = launch(tmp_path, *JOB, "data.batch_size=16", "trainer.epochs=3", "trainer.resume=auto", nproc=2)
+    proc = launch(tmp_path, *JOB, "data.batch_size=16", "trainer.epochs=3", "trainer.resume=auto", nproc=2)
+    two = finish(proc, tmp_path, {part})
+    one = tmp_path / "one"
 
     a, b = metrics(one), metrics(two)
     assert b["status"] == "completed" and b["resumed_from"] == str(part / "checkpoints/last.pt")

@@ -102,7 +102,7 @@ def test_first_step_stopwatch_reports_through_the_cli(tmp_path):
     assert list(tmp_path.glob("outputs/*/*/metrics.json"))
 
 
-def test_resume_into_a_new_directory_brings_best_checkpoint_along(tmp_path):
+def test_resume_into_a_new_directory_brings_the_checkpoints_along(tmp_path):
     # Found by the GPU resume test: a resumed run writing to another directory (what the CLI does:
     # every run gets a new outputs/<date>/<time>) that never improves on the best-so-far had no best.pt
     # to re-evaluate at the end. Here the resumed run has no epochs left at all.
@@ -112,5 +112,6 @@ def test_resume_into_a_new_directory_brings_best_checkpoint_along(tmp_path):
     run(compose(tiny), run_dir=tmp_path / "first")
     run(compose([*tiny, f"trainer.resume={tmp_path / 'first'}"]), run_dir=tmp_path / "second")
     assert (tmp_path / "second/checkpoints/best.pt").is_file()
+    assert (tmp_path / "second/checkpoints/last.pt").is_file()  # the new directory can be resumed from
     m = json.loads((tmp_path / "second/metrics.json").read_text())
     assert m["status"] == "completed" and m["best"]["epoch"] == 1

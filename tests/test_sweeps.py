@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -26,31 +25,6 @@ def resexp_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.Comple
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "resexp", *args], cwd=cwd, capture_output=True, text=True,
                           env=env, timeout=timeout)
-
-
-def in_process(monkeypatch, cwd: Path, *args: str) -> int:
-    """`python -m resexp ARGS` in this process (so `run` can be replaced); returns the exit code."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    import resexp.__main__ as cli
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["resexp", *args])
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    GlobalHydra.instance().clear()
-    try:
-        cli.main()
-        return 0
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else 1
-    finally:
-        GlobalHydra.instance().clear()
-        for h in root.handlers[:]:
-            if h not in handlers:
-                root.removeHandler(h)
-                h.close()
-        root.setLevel(level)
 
 
 def sweep_dir(cwd: Path) -> Path:
@@ -74,7 +48,7 @@ def fake_metrics(run_dir: Path, accs: list[float], train_accs: list[float] | Non
 
 
 # --- failures inside a sweep: recorded, the sweep goes on, non-zero exit at the end ----------------
-def test_failing_jobs_are_recorded_and_the_other_jobs_still_run(tmp_path, monkeypatch, capsys):
+def test_failing_jobs_are_recorded_and_the_other_jobs_still_run(tmp_path, monkeypatch, in_process, capsys):
     from hydra.core.hydra_config import HydraConfig
 
     from resexp.train.trainer import NonFiniteLoss
@@ -95,7 +69,7 @@ def test_failing_jobs_are_recorded_and_the_other_jobs_still_run(tmp_path, monkey
         return 0.75
 
     monkeypatch.setattr("resexp.train.run", fake_run)
-    code = in_process(monkeypatch, tmp_path, "-m", "seed=0,1,2,3,4,5")
+    code = in_process(tmp_path, "-m", "seed=0,1,2,3,4,5")
     err = capsys.readouterr().err
     assert code == 1
     assert ran == [0, 1, 2, 3, 4, 5]  # every job ran
@@ -117,24 +91,24 @@ def test_failing_jobs_are_recorded_and_the_other_jobs_still_run(tmp_path, monkey
     assert (root / "sweep_val_acc.png").stat().st_size > 0
 
 
-def test_single_run_errors_stay_one_line_with_exit_2(tmp_path, monkeypatch, capsys):
+def test_single_run_errors_stay_one_line_with_exit_2(tmp_path, monkeypatch, in_process, capsys):
     from resexp.train.trainer import NonFiniteLoss
 
     def fake_run(cfg, run_dir=None):
         raise NonFiniteLoss("the training loss became NaN/Inf in epoch 1")
 
     monkeypatch.setattr("resexp.train.run", fake_run)
-    assert in_process(monkeypatch, tmp_path, f"hydra.run.dir={tmp_path / 'run'}") == 2
+    assert in_process(tmp_path, f"hydra.run.dir={tmp_path / 'run'}") == 2
     assert capsys.readouterr().err.strip() == "error: the training loss became NaN/Inf in epoch 1"
 
 
-def test_missing_plugin_names_the_extra(tmp_path, monkeypatch, capsys):
+def test_missing_plugin_names_the_extra(tmp_path, monkeypatch, in_process, capsys):
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name.startswith("hydra_plugins.hydra_joblib") else real(name, *a))
-    assert in_process(monkeypatch, tmp_path, "-m", "hydra/launcher=parallel") == 2
+    assert in_process(tmp_path, "-m", "hydra/launcher=parallel") == 2
     assert "pip install 'resexp[joblib]'" in capsys.readouterr().err
 
 
@@ -204,7 +178,7 @@ def test_submitit_local_sweep(tmp_path):
 
 
 # --- Optuna: an SQLite study that an interrupted search continues ------------------------------------------
-def test_optuna_study_continues_where_it_stopped(tmp_path, monkeypatch):
+def test_optuna_study_continues_where_it_stopped(tmp_path, monkeypatch, in_process):
     optuna = pytest.importorskip("optuna")
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     from hydra.core.hydra_config import HydraConfig
@@ -220,12 +194,12 @@ def test_optuna_study_continues_where_it_stopped(tmp_path, monkeypatch):
     db = tmp_path / "study" / "s.db"  # its folder does not exist yet
     args = ["-m", "hparams_search=digits_optuna", f"hydra.sweeper.storage=sqlite:///{db}",
             "hydra.sweeper.study_name=t", "hydra.sweeper.sampler.n_startup_trials=2"]
-    assert in_process(monkeypatch, tmp_path, *args, "hydra.sweeper.n_trials=2") == 0
+    assert in_process(tmp_path, *args, "hydra.sweeper.n_trials=2") == 0
     assert len(seen) == 2 and all(0.003 <= lr <= 0.3 for _, lr in seen)
     # "interrupted" after 2 of 3 trials: the same search again runs only the third
-    assert in_process(monkeypatch, tmp_path, *args, "hydra.sweeper.n_trials=3") == 0
+    assert in_process(tmp_path, *args, "hydra.sweeper.n_trials=3") == 0
     assert len(seen) == 3
-    assert in_process(monkeypatch, tmp_path, *args, "hydra.sweeper.n_trials=3") == 0  # complete: nothing to run
+    assert in_process(tmp_path, *args, "hydra.sweeper.n_trials=3") == 0  # complete: nothing to run
     assert len(seen) == 3
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{db}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3

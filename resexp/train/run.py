@@ -10,14 +10,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from resexp.config import to_plain
-from resexp.data import build_data
-from resexp.models import build_model
+from resexp.data import DATASETS, build_data
+from resexp.data.common import is_missing
+from resexp.models import ARCHS, BLOCKS, STEMS, build_model
 from resexp.models.summary import count_params
+from resexp.optim import OPTIMIZERS, SCHEDULERS
 from resexp.reports import write_run_report
 from resexp.train import checkpoint
-from resexp.train.environment import configure_determinism, seed_everything, setup, shared_run_dir
+from resexp.train.environment import autocast, configure_determinism, seed_everything, setup, shared_run_dir
 from resexp.train.logger import RunLogger
-from resexp.train.trainer import Trainer
+from resexp.train.trainer import Trainer, check_trainer
 
 log = logging.getLogger("resexp")
 
@@ -36,11 +38,27 @@ def outputs_root(run_dir: Path) -> Path:
     return run_dir.resolve().parent.parent
 
 
+def check_choices(cfg: DictConfig, device: torch.device) -> None:
+    """Every registered name and trainer choice, before a data set is read or a model built: a typo
+    fails at once rather than after minutes of loading."""
+    if not is_missing(cfg.data, "name"):  # a missing name gets its own message from build_data
+        DATASETS.get(cfg.data.name)
+    ARCHS.get(cfg.model.arch)
+    STEMS.get(cfg.model.stem)
+    if cfg.model.block is not None:
+        BLOCKS.get(cfg.model.block.name)
+    OPTIMIZERS.get(cfg.optimizer.name)
+    SCHEDULERS.get(cfg.scheduler.name)
+    check_trainer(cfg.trainer)
+    autocast(device, cfg.trainer.precision)
+
+
 def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
     """Train as the config says; returns the best checkpoint's validation accuracy."""
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
     composed = to_plain(cfg)  # as the user asked for it, before data fills in the gaps
     env = setup(cfg.trainer)
+    check_choices(cfg, env.device)
     run_dir = shared_run_dir(run_dir, env)  # DDP: every rank works in rank 0's directory
     seed_everything(cfg.seed)
     configure_determinism(cfg.trainer.deterministic, env.device)

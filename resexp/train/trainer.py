@@ -30,6 +30,16 @@ from resexp.train.metrics import Accumulator
 log = logging.getLogger("resexp")
 
 
+# trainer.compile_mode -> the mode evaluation compiles with: no CUDA graphs there, since evaluation
+# keeps a call's outputs while it makes the next (flip TTA, collected predictions).
+COMPILE_MODES = {
+    "default": "default",
+    "reduce-overhead": "default",
+    "max-autotune": "max-autotune-no-cudagraphs",
+    "max-autotune-no-cudagraphs": "max-autotune-no-cudagraphs",
+}
+
+
 class NonFiniteLoss(ResexpError):
     pass
 
@@ -38,8 +48,20 @@ class Interrupted(ResexpError):
     pass
 
 
+def check_trainer(t) -> None:
+    """The trainer keys that have a fixed set of values or a lower bound."""
+    if t.accumulate < 1 or t.val_every < 1 or t.epochs < 1:
+        raise ConfigError("trainer.epochs, trainer.accumulate and trainer.val_every must be >= 1")
+    if t.monitor not in ("val_acc", "val_loss"):
+        raise ConfigError(f"trainer.monitor='{t.monitor}' is not one of: val_acc, val_loss")
+    if t.compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"trainer.compile_mode='{t.compile_mode}' is not one of: {', '.join(COMPILE_MODES)}")
+
+
 def _mixer(cfg, num_classes: int):
     """torchvision's batch MixUp / CutMix (one of them at random when both are on), or None."""
+    if cfg.mixup_alpha <= 0 and cfg.cutmix_alpha <= 0:
+        return None
     from torchvision.transforms import v2
 
     mixers = []
@@ -47,8 +69,6 @@ def _mixer(cfg, num_classes: int):
         mixers.append(v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes))
     if cfg.cutmix_alpha > 0:
         mixers.append(v2.CutMix(alpha=cfg.cutmix_alpha, num_classes=num_classes))
-    if not mixers:
-        return None
     return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 
@@ -59,10 +79,7 @@ class Trainer:
         self.logger = RunLogger(run_dir, enabled=False, progress=False)  # run() attaches the real one
         self.ckpt_dir = run_dir / "checkpoints"
         t = self.tcfg
-        if t.accumulate < 1 or t.val_every < 1 or t.epochs < 1:
-            raise ConfigError("trainer.epochs, trainer.accumulate and trainer.val_every must be >= 1")
-        if t.monitor not in ("val_acc", "val_loss"):
-            raise ConfigError(f"trainer.monitor='{t.monitor}' is not one of: val_acc, val_loss")
+        check_trainer(t)
         self.device = env.device
         self.autocast = autocast(self.device, t.precision)
         self._accumulate, self._grad_clip = t.accumulate, t.grad_clip  # read per step: plain values
@@ -74,10 +91,11 @@ class Trainer:
         self.ema = None
         if t.ema_decay:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
-        self.eval_forward = self._compiled(self.model)
-        net = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None) \
-            if env.distributed else self.model
-        self.train_forward = self._compiled(net) if t.compile else net
+        self.cuda_graphs = t.compile and t.compile_mode in ("reduce-overhead", "max-autotune")
+        self.eval_forward = self._compiled(self.model, COMPILE_MODES[t.compile_mode])
+        self.ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
+                                           else None) if env.distributed else None
+        self.train_forward = self._compiled(self.ddp or self.model, t.compile_mode)
 
         self.steps_per_epoch = math.ceil(self.train_batches() / t.accumulate)
         global_batch = data.train.batch_size * env.world_size * t.accumulate
@@ -97,10 +115,10 @@ class Trainer:
         self.stop_signal: int | None = None
 
     # --- helpers -------------------------------------------------------------------------
-    def _compiled(self, module: nn.Module):
+    def _compiled(self, module: nn.Module, mode: str):
         if not self.tcfg.compile:
             return module
-        compiled = torch.compile(module)
+        compiled = torch.compile(module, mode=mode)
         state = {"fn": compiled}
 
         def forward(x):  # fall back to eager, once, if compilation fails on first use
@@ -241,7 +259,9 @@ class Trainer:
         target = y
         if self.mixer is not None:
             x, target = self.mixer(x, y)
-        sync = nullcontext() if step_now or not self.env.distributed else self.train_forward.no_sync()
+        if self.cuda_graphs:  # a new step: the graphs may reuse the previous step's output memory
+            torch.compiler.cudagraph_mark_step_begin()
+        sync = nullcontext() if step_now or self.ddp is None else self.ddp.no_sync()
         with sync:
             with self.autocast:
                 logits = self.train_forward(x)
@@ -339,10 +359,13 @@ class Trainer:
         self.train_acc.load_state_dict(state["train_acc"])
         set_rng_state(state["rng"])
         # Resumed into another run directory: bring the best-so-far along, or a resumed run that
-        # never improves on it would end without a best.pt to re-evaluate.
+        # never improves on it would end without a best.pt to re-evaluate; and the state itself, so
+        # that the new directory can be resumed from even before its first epoch ends.
         source_best, best = Path(path).parent / "best.pt", self.ckpt_dir / "best.pt"
         if self.env.is_main and self.best and source_best.is_file() and not best.exists():
             checkpoint.atomic_save(checkpoint.load(source_best), best)
+        if not (self.ckpt_dir / "last.pt").exists():
+            self.save_last()
 
     def write_metrics(self, status: str, **extra) -> dict:
         last = self.history[-1] if self.history else {}
