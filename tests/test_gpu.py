@@ -105,11 +105,11 @@ def _sync_warnings(trainer, epoch: int, monkeypatch) -> list[str]:
     return [str(w.message) for w in caught if "called a synchronizing" in str(w.message)]
 
 
-@pytest.mark.parametrize("precision,compile_", [("bf16", True), ("16", False)])
-def test_no_host_sync_inside_a_training_step(precision, compile_, monkeypatch):
+@pytest.mark.parametrize("precision,compile_,extra", [("bf16", True, []), ("16", False, ["trainer.ema_decay=0.99"])])
+def test_no_host_sync_inside_a_training_step(precision, compile_, extra, monkeypatch):
     # log_every_n_steps=0: no logging interval, so no flag read at all
     overrides = [f"trainer.precision={precision}", "trainer.channels_last=true", f"trainer.compile={compile_}",
-                 "trainer.log_every_n_steps=0"]
+                 "trainer.log_every_n_steps=0", *extra]
     trainer = build_trainer(overrides)
     trainer.train_epoch(0)  # warm-up: compilation, cuDNN autotuning, lazy CUDA state
     torch.cuda.synchronize()

@@ -213,3 +213,31 @@ def test_sigkill_or_sigterm_mid_run_then_resume_ends_with_the_uninterrupted_weig
     for name, proc in resumed.items():
         assert proc.wait(timeout=120) == 0, proc.stdout.read()
         assert_same_last(tmp_path / "uninterrupted", tmp_path / f"{name}-resumed")
+
+
+def test_ema_is_the_running_average_of_the_weights_and_keeps_its_place_in_best_pt(tmp_path):
+    from resexp.train.ema import EMA
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = EMA(net, decay=0.75)
+    start = net[0].weight.detach().clone()
+    with torch.no_grad():
+        net[0].weight.add_(4.0)
+    net(torch.randn(8, 3))  # BatchNorm: running stats and num_batches_tracked move
+    ema.update()
+    assert torch.allclose(ema.module[0].weight, start + 0.25 * 4.0)  # 0.75 * old + 0.25 * new
+    assert ema.module[1].num_batches_tracked.item() == 1  # integers are copied, not averaged
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+    run(tiny("trainer.ema_decay=0.9", "trainer.val_every=3"), run_dir=tmp_path)  # only the last epoch is judged
+    best = torch.load(tmp_path / "checkpoints/best.pt", weights_only=True)["model"]
+    last = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
+    assert all(torch.equal(best[k], last["ema"][f"module.{k}"]) for k in best)
+    assert not torch.equal(best["fc.weight"], last["model"]["fc.weight"])  # the average, not the weights
+
+
+def test_ema_decay_outside_0_1_is_a_config_error(tmp_path):
+    from resexp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer.ema_decay=1.5 must be between 0 and 1"):
+        run(tiny("trainer.ema_decay=1.5"), run_dir=tmp_path)

@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from resexp.config import to_plain
 from resexp.errors import ConfigError, ResexpError
 from resexp.optim import build_optimizer, build_scheduler
 from resexp.train import checkpoint
+from resexp.train.ema import EMA
 from resexp.train.environment import Env, autocast, average_buffers, rng_state, set_rng_state
 from resexp.train.logger import RunLogger, write_json
 from resexp.train.metrics import Accumulator
@@ -54,6 +54,8 @@ def check_trainer(t) -> None:
         raise ConfigError("trainer.epochs, trainer.accumulate and trainer.val_every must be >= 1")
     if t.monitor not in ("val_acc", "val_loss"):
         raise ConfigError(f"trainer.monitor='{t.monitor}' is not one of: val_acc, val_loss")
+    if t.ema_decay is not None and not 0 < t.ema_decay < 1:
+        raise ConfigError(f"trainer.ema_decay={t.ema_decay} must be between 0 and 1 (e.g. 0.999), or null for none")
     if t.compile_mode not in COMPILE_MODES:
         raise ConfigError(f"trainer.compile_mode='{t.compile_mode}' is not one of: {', '.join(COMPILE_MODES)}")
 
@@ -88,9 +90,7 @@ class Trainer:
         self.model = model.to(self.device, memory_format=self.memory_format)
         if env.distributed and t.sync_batchnorm:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.ema = None
-        if t.ema_decay:
-            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
+        self.ema = EMA(self.model, t.ema_decay) if t.ema_decay is not None else None
         self.cuda_graphs = t.compile and t.compile_mode in ("reduce-overhead", "max-autotune")
         self.eval_forward = self._compiled(self.model, COMPILE_MODES[t.compile_mode])
         self.ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
@@ -276,7 +276,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             if self.ema is not None:
-                self.ema.update_parameters(self.model)
+                self.ema.update()
             self.global_step += 1
         return loss.detach(), logits.detach()
 

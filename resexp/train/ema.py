@@ -1,0 +1,31 @@
+"""An exponential moving average of a model's weights and buffers (BatchNorm statistics included)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class EMA(nn.Module):
+    """`ema = decay * ema + (1 - decay) * model` after every optimizer step, starting from a copy of
+    the model. One foreach lerp over the floating-point tensors and no host synchronisation: torch's
+    AveragedModel reads its step counter on the host at every update, a stall per step on a GPU.
+    Integer buffers (BatchNorm's num_batches_tracked) are copied. The model's tensors are looked up
+    once: loading a state dict later copies into them in place."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__()
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+        pairs = list(zip(self.module.state_dict().values(), model.state_dict().values(), strict=True))
+        self._averaged = [a for a, _ in pairs if a.is_floating_point()]
+        self._current = [m for a, m in pairs if a.is_floating_point()]
+        self._copied = [(a, m) for a, m in pairs if not a.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self._averaged, self._current, 1.0 - self.decay)
+        for a, m in self._copied:
+            a.copy_(m)
