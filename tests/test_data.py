@@ -120,6 +120,22 @@ def test_digits_counts_shapes_and_stratified_split(digits):
     assert digits.split["val_split"] == 0.2 and len(digits.split["val_indices"]) == 359
 
 
+def test_digits_read_from_sklearns_file_equal_load_digits_and_fall_back_to_it(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from sklearn.datasets import load_digits
+
+    from resexp.data import sets
+
+    reference = load_digits()
+    images, target = sets.load_digits_arrays()  # the shipped CSV, read directly
+    assert np.array_equal(images, reference.images) and np.array_equal(target, reference.target)
+    moved = SimpleNamespace(submodule_search_locations=[str(tmp_path)])  # a scikit-learn without the file
+    monkeypatch.setattr(sets.importlib.util, "find_spec", lambda name: moved)
+    images, target = sets.load_digits_arrays()
+    assert np.array_equal(images, reference.images) and np.array_equal(target, reference.target)
+
+
 def test_digits_channels_override_and_normalisation():
     b = build_data(data_cfg("digits", channels=3, image_size=16, batch_size=32), seed=0)
     assert b.info.in_channels == 3 and b.info.mean == (0.3055,) * 3
