@@ -66,7 +66,7 @@ def test_a_user_error_exits_2_and_hydra_full_error_shows_the_traceback(tmp_path)
 
 def test_two_runs_in_the_same_second_get_their_own_directories(tmp_path):
     args = ("data=synthetic", "data.num_samples=64", "data.image_size=8", "model.stages.depths=[1,1,1]",
-            "trainer.epochs=1")
+            "trainer.epochs=1", "trainer.report=false")
     procs = [subprocess.Popen([sys.executable, "-m", "resexp", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for p in procs:
