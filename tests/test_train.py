@@ -114,6 +114,18 @@ def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch, caplog):
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "completed"
 
 
+def test_compile_modes_cuda_graphs_for_training_only(tmp_path, monkeypatch):
+    modes, steps = [], []
+    monkeypatch.setattr(torch, "compile", lambda module, mode: modes.append(mode) or module)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))
+    run(tiny("trainer.compile=true", "trainer.compile_mode=reduce-overhead", "trainer.epochs=1"), run_dir=tmp_path)
+    assert modes == ["default", "reduce-overhead"]  # evaluation, then the training step
+    assert len(steps) == len(build_data(tiny().data).train)  # each step tells the graph trees it is new
+    modes.clear()
+    run(tiny("trainer.compile=true", "trainer.compile_mode=max-autotune", "trainer.epochs=1"), run_dir=tmp_path / "b")
+    assert modes == ["max-autotune-no-cudagraphs", "max-autotune"]
+
+
 def test_early_stopping_ends_the_run(tmp_path):
     # lr 0 never improves after the first validation
     run(tiny("optimizer.lr=0", "trainer.epochs=10", "trainer.early_stopping_patience=2"), run_dir=tmp_path)
