@@ -79,6 +79,16 @@ def test_throughput_benchmark_runs_both_loops_on_the_same_tensors():
     assert set(row["samples"]) == {"resexp", "reference"}
 
 
+def test_step_profiler_names_where_the_time_goes(tmp_path):
+    import profile_step
+
+    out = profile_step.main(["--device", "cpu", "--case", "resnet20_digits", "--batch", "8", "--steps", "2",
+                             "--warmup", "1", "--json", str(tmp_path / "p.json")])
+    assert out["variant"] == "fp32" and 0 < out["busy_ms_per_step"] <= out["wall_ms_per_step"]
+    assert any("convolution" in row["op"] for row in out["top"][:3])  # a ResNet's step is its convolutions
+    assert json.loads((tmp_path / "p.json").read_text())["top"] == out["top"]
+
+
 def test_torchvision_twins_load_resexp_weights_strictly():
     import bench_train
 
