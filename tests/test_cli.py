@@ -44,6 +44,12 @@ def test_group_options_compose_on_the_command_line():
         (["trainer.compile_mode=fast"], "not one of: default, reduce-overhead, max-autotune"),
         # names are checked before the data set is read (that root does not exist)
         (["data=image_folder", "data.root=/nonexistent", "optimizer.name=sgdd"], "unknown optimizer 'sgdd'"),
+        (["data=image_folder", "data.root=/nonexistent", "model=resnet18", "model.pretrained=IMAGENET1K_V9"],
+         "unknown weights 'IMAGENET1K_V9' for resnet18; choose one of: IMAGENET1K_V1, DEFAULT"),
+        (["data=image_folder", "data.root=/nonexistent", "model.pretrained=/nonexistent/w.pt"],
+         "model.pretrained: no such file: /nonexistent/w.pt"),
+        (["data=image_folder", "data.root=/nonexistent", "trainer.finetune_from=/nonexistent/best.pt"],
+         "trainer.finetune_from: no such file: /nonexistent/best.pt"),
     ],
 )
 def test_user_errors_are_one_clear_line_without_traceback(tmp_path, in_process, capsys, args, expected):

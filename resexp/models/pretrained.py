@@ -37,6 +37,22 @@ def load_pretrained(model: nn.Module, spec: str, name: str, arch: str = "resnet"
     load_backbone(model, pretrained_state_dict(spec, name, arch), f"model.pretrained={spec}")
 
 
+def check_pretrained(spec: str, name: str, arch: str = "resnet") -> None:
+    """`spec` checked without reading or downloading anything: the file exists, or torchvision has
+    weights of that name for network `name`."""
+    if is_file_spec(spec):
+        _existing(spec)
+    else:
+        torchvision_weights(name, arch, spec)
+
+
+def _existing(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CheckpointError(f"model.pretrained: no such file: {path}")
+    return p
+
+
 def torchvision_weights(name: str, arch: str, spec: str):
     """The torchvision weights enum member called `spec` for network `name`."""
     from torchvision import models
@@ -74,9 +90,7 @@ def fetch_torchvision(weights) -> dict[str, torch.Tensor]:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise CheckpointError(f"model.pretrained: no such file: {path}")
+    p = _existing(path)
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file

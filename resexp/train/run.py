@@ -13,6 +13,7 @@ from resexp.config import to_plain
 from resexp.data import DATASETS, build_data
 from resexp.data.common import is_missing
 from resexp.models import ARCHS, BLOCKS, STEMS, build_model
+from resexp.models.pretrained import check_pretrained
 from resexp.models.summary import count_params
 from resexp.optim import OPTIMIZERS, SCHEDULERS
 from resexp.reports import write_run_report
@@ -51,6 +52,8 @@ def check_choices(cfg: DictConfig, device: torch.device) -> None:
     SCHEDULERS.get(cfg.scheduler.name)
     check_trainer(cfg.trainer)
     autocast(device, cfg.trainer.precision)
+    if cfg.model.pretrained:
+        check_pretrained(cfg.model.pretrained, cfg.model.name, cfg.model.arch)
 
 
 def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
@@ -72,6 +75,9 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
             log.info("trainer.resume=auto: no earlier run with this config has a last.pt; starting fresh")
     elif cfg.trainer.resume:
         resume_path = checkpoint.resolve(cfg.trainer.resume, outputs_root(run_dir))
+    finetune = cfg.trainer.finetune_from and resume_path is None  # a resumed run has its own weights
+    if finetune and not Path(cfg.trainer.finetune_from).expanduser().is_file():
+        raise checkpoint.CheckpointError(f"trainer.finetune_from: no such file: {cfg.trainer.finetune_from}")
 
     data = build_data(cfg.data, device=env.device, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
     info = data.info
@@ -79,8 +85,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
     cfg.model.in_channels = cfg.model.in_channels or info.in_channels
     model = build_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels,
                         image_size=info.image_size)
-    if cfg.trainer.finetune_from and resume_path is None:
-        fresh = checkpoint.load_backbone(model, Path(cfg.trainer.finetune_from))
+    if finetune:
+        fresh = checkpoint.load_backbone(model, Path(cfg.trainer.finetune_from).expanduser())
         if env.is_main:
             log.info(f"fine-tuning from {cfg.trainer.finetune_from}; freshly initialised: {', '.join(fresh) or 'none'}")
 
