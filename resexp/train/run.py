@@ -75,7 +75,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
             log.info("trainer.resume=auto: no earlier run with this config has a last.pt; starting fresh")
     elif cfg.trainer.resume:
         resume_path = checkpoint.resolve(cfg.trainer.resume, outputs_root(run_dir))
-    finetune = cfg.trainer.finetune_from and resume_path is None  # a resumed run has its own weights
+    finetune = bool(cfg.trainer.finetune_from) and resume_path is None  # a resumed run has its own weights
     if finetune and not Path(cfg.trainer.finetune_from).expanduser().is_file():
         raise checkpoint.CheckpointError(f"trainer.finetune_from: no such file: {cfg.trainer.finetune_from}")
 
