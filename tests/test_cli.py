@@ -61,13 +61,18 @@ def test_user_errors_are_one_clear_line_without_traceback(tmp_path, in_process, 
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_a_user_error_exits_2_and_hydra_full_error_shows_the_traceback(tmp_path):
-    args = ("optimizer.name=sgdd", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}")
-    out = resexp(*args)
+def test_a_user_error_exits_2_with_one_line(tmp_path):  # in a real process: the exit status users see
+    out = resexp("optimizer.name=sgdd", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}")
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         "error: unknown optimizer 'sgdd'; choose one of: adam, adamw, sgd"], out.stderr
-    out = resexp(*args, env={"HYDRA_FULL_ERROR": "1"})
-    assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+def test_hydra_full_error_lets_the_exception_through_for_its_traceback(tmp_path, in_process, monkeypatch):
+    from resexp.errors import ConfigError
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ConfigError, match="unknown optimizer 'sgdd'"):  # uncaught: Python prints the traceback
+        in_process(tmp_path, "optimizer.name=sgdd", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}")
 
 
 def test_two_runs_in_the_same_second_get_their_own_directories(tmp_path):

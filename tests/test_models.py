@@ -245,11 +245,13 @@ def _summary(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def test_summary_command():
-    done = _summary("model=resnet20", "model.num_classes=10", "model.in_channels=1", "data.image_size=32")
-    assert done.returncode == 0, done.stderr
-    assert "Total params: 270,810" in done.stdout and "Trainable params: 269,434" in done.stdout
-    assert "layer3.2.conv2" in done.stdout
+def test_summary_command(capsys):
+    from resexp import summary
+
+    assert summary.main(["model=resnet20", "model.num_classes=10", "model.in_channels=1", "data.image_size=32"]) == 0
+    out = capsys.readouterr().out
+    assert "Total params: 270,810" in out and "Trainable params: 269,434" in out
+    assert "layer3.2.conv2" in out
 
 
 def test_summary_command_bad_key():
