@@ -75,18 +75,6 @@ def test_hydra_full_error_lets_the_exception_through_for_its_traceback(tmp_path,
         in_process(tmp_path, "optimizer.name=sgdd", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}")
 
 
-def test_two_runs_in_the_same_second_get_their_own_directories(tmp_path):
-    args = ("data=synthetic", "data.num_samples=64", "data.image_size=8", "model.stages.depths=[1,1,1]",
-            "trainer.epochs=1", "trainer.report=false")
-    procs = [subprocess.Popen([sys.executable, "-m", "resexp", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    for p in procs:
-        assert p.wait(timeout=120) == 0, p.stderr.read()
-    runs = sorted(tmp_path.glob("outputs/*/*/metrics.json"))
-    assert len(runs) == 2 and runs[0].parent != runs[1].parent
-    assert all(len(r.parent.name) == len("HH-MM-SS-ffffff") for r in runs)
-
-
 @pytest.mark.slow
 def test_default_job_reaches_98_percent_on_digits_within_a_minute(tmp_path):
     # `python -m resexp` through benchmarks/first_step.py, as bench_e2e times it: the same CLI entry

@@ -188,43 +188,62 @@ def test_unwritable_checkpoint_dir_raises(tmp_path):
 SLOW_TINY = [*TINY, "data.num_samples=1024"]
 
 
-def cli(run_dir: Path, *extra: str) -> subprocess.Popen:
+def cli(cwd: Path, *extra: str) -> subprocess.Popen:
+    """`python -m resexp` on the slow tiny job, started in cwd (run directory: outputs/<date>/<time>)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "resexp", *SLOW_TINY, f"hydra.run.dir={run_dir}", *extra],
+    return subprocess.Popen([sys.executable, "-m", "resexp", *SLOW_TINY, *extra], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for(find, proc: subprocess.Popen, timeout: float = 120):
+    """Polls find() until it returns something, while proc runs."""
     deadline = time.time() + timeout
-    while not path.exists():
+    while not (found := find()):
         assert proc.poll() is None, proc.stdout.read()
         assert time.time() < deadline
         time.sleep(0.02)
+    return found
+
+
+def run_dir_of(cwd: Path, override: str):
+    """The run directory whose .hydra/overrides.yaml has `override`, or None yet."""
+    for d in cwd.glob("outputs/*/*"):
+        f = d / ".hydra" / "overrides.yaml"
+        if f.is_file() and override in f.read_text():
+            return d
+    return None
 
 
 @pytest.mark.slow
-def test_sigkill_or_sigterm_mid_run_then_resume_ends_with_the_uninterrupted_weights(tmp_path):
-    # Both jobs run at once (one thread each); the reference runs in this process meanwhile.
-    procs = {"killed": cli(tmp_path / "killed"), "stopped": cli(tmp_path / "stopped")}
-    wait_for(tmp_path / "stopped/checkpoints/last.pt", procs["stopped"])  # epoch 1 is done
+def test_two_runs_started_together_then_sigkill_or_sigterm_and_resume_end_with_the_uninterrupted_weights(
+        tmp_path):
+    # Two runs of one job start at once in one project (one thread each), told apart by an override
+    # that does not change the job; the uninterrupted reference runs in this process meanwhile.
+    marks = {"killed": "seed=0", "stopped": "trainer.deterministic=false"}
+    procs = {name: cli(tmp_path, mark) for name, mark in marks.items()}
+    dirs = {name: wait_for(lambda m=mark: run_dir_of(tmp_path, m), procs[name]) for name, mark in marks.items()}
+    assert dirs["killed"] != dirs["stopped"]  # a directory each, named to the microsecond
+    assert all(len(d.name) == len("HH-MM-SS-ffffff") for d in dirs.values())
+
+    wait_for((dirs["stopped"] / "checkpoints/last.pt").exists, procs["stopped"])  # epoch 1 is done
     procs["stopped"].send_signal(signal.SIGTERM)
-    wait_for(tmp_path / "killed/checkpoints/last.pt", procs["killed"])
+    wait_for((dirs["killed"] / "checkpoints/last.pt").exists, procs["killed"])
     time.sleep(0.2)  # into the next epoch, maybe mid-write of a checkpoint
     procs["killed"].send_signal(signal.SIGKILL)
     outputs = {name: proc.communicate()[0] for name, proc in procs.items()}
 
     assert procs["killed"].returncode == -signal.SIGKILL, outputs["killed"]
-    torch.load(tmp_path / "killed/checkpoints/last.pt", weights_only=True)  # still readable
+    torch.load(dirs["killed"] / "checkpoints/last.pt", weights_only=True)  # still readable
     assert procs["stopped"].returncode != 0
     assert "trainer.resume=" in outputs["stopped"] and "Traceback" not in outputs["stopped"]
-    state = torch.load(tmp_path / "stopped/checkpoints/last.pt", weights_only=True)
+    state = torch.load(dirs["stopped"] / "checkpoints/last.pt", weights_only=True)
     assert (state["epoch"], state["batch"]) != (3, 0)  # stopped mid-run
 
-    resumed = {n: cli(tmp_path / f"{n}-resumed", f"trainer.resume={tmp_path / n}") for n in procs}
+    resumed = {n: cli(tmp_path, f"trainer.resume={dirs[n]}", f"hydra.run.dir={tmp_path / n}") for n in procs}
     run(compose(SLOW_TINY), run_dir=tmp_path / "uninterrupted")
     for name, proc in resumed.items():
         assert proc.wait(timeout=120) == 0, proc.stdout.read()
-        assert_same_last(tmp_path / "uninterrupted", tmp_path / f"{name}-resumed")
+        assert_same_last(tmp_path / "uninterrupted", tmp_path / name)
 
 
 def test_ema_is_the_running_average_of_the_weights_and_keeps_its_place_in_best_pt(tmp_path):

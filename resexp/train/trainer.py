@@ -91,8 +91,9 @@ class Trainer:
         if env.distributed and t.sync_batchnorm:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay is not None else None
-        self.cuda_graphs = t.compile and t.compile_mode in ("reduce-overhead", "max-autotune")
-        self.eval_forward = self._compiled(self.model, COMPILE_MODES[t.compile_mode])
+        eval_mode = COMPILE_MODES[t.compile_mode]
+        self.cuda_graphs = t.compile and eval_mode != t.compile_mode  # graph modes: evaluation runs without
+        self.eval_forward = self._compiled(self.model, eval_mode)
         self.ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
                                            else None) if env.distributed else None
         self.train_forward = self._compiled(self.ddp or self.model, t.compile_mode)
