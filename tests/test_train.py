@@ -259,6 +259,11 @@ def test_ema_is_the_running_average_of_the_weights_and_keeps_its_place_in_best_p
     assert torch.allclose(ema.module[0].weight, start + 0.25 * 4.0)  # 0.75 * old + 0.25 * new
     assert ema.module[1].num_batches_tracked.item() == 1  # integers are copied, not averaged
     assert not any(p.requires_grad for p in ema.module.parameters())
+    # an EMA saved by torch's AveragedModel (resexp 0.1's last.pt) loads into it
+    from torch.optim.swa_utils import AveragedModel
+
+    old = AveragedModel(net, use_buffers=True).state_dict()
+    EMA(net, decay=0.75).load_state_dict(old)
 
     run(tiny("trainer.ema_decay=0.9", "trainer.val_every=3"), run_dir=tmp_path)  # only the last epoch is judged
     best = torch.load(tmp_path / "checkpoints/best.pt", weights_only=True)["model"]

@@ -29,3 +29,8 @@ class EMA(nn.Module):
         torch._foreach_lerp_(self._averaged, self._current, 1.0 - self.decay)
         for a, m in self._copied:
             a.copy_(m)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        # last.pt files of resexp 0.1 hold torch's AveragedModel: the same keys plus its step counter
+        state_dict = {k: v for k, v in state_dict.items() if k != "n_averaged"}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
