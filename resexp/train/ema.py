@@ -11,7 +11,8 @@ from torch import nn
 class EMA(nn.Module):
     """`ema = decay * ema + (1 - decay) * model` after every optimizer step, starting from a copy of
     the model. One foreach lerp over the floating-point tensors and no host synchronisation: torch's
-    AveragedModel reads its step counter on the host at every update, a stall per step on a GPU.
+    AveragedModel tests and copies its host-side step counter to the device at every update (two
+    synchronisations a step were measured on an H100).
     Integer buffers (BatchNorm's num_batches_tracked) are copied. The model's tensors are looked up
     once: loading a state dict later copies into them in place."""
 
