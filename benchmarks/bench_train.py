@@ -39,6 +39,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import Timer, bf16_peak, hardware, median, pick_device, save, spread, table  # noqa: E402
 
+from resexp.train.trainer import COMPILE_MODES  # noqa: E402
+
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 
 
@@ -135,7 +137,7 @@ class Reference:
         self.mf = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=self.mf)
         self.forward = torch.compile(self.model, mode=mode) if mode else self.model
-        self.cuda_graphs = mode in ("reduce-overhead", "max-autotune")
+        self.cuda_graphs = mode is not None and COMPILE_MODES[mode] != mode  # as the Trainer decides
         fused = {"fused": True} if device.type == "cuda" else {}
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, **fused)
         dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision)

@@ -16,9 +16,9 @@ from resexp.config import compose
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def resexp(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120):
+def resexp(*args: str, cwd: Path | None = None, timeout: float = 120):
     return subprocess.run([sys.executable, "-m", "resexp", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+                          timeout=timeout)
 
 
 def test_cfg_job_prints_the_composed_config_without_building(tmp_path):

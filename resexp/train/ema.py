@@ -23,13 +23,14 @@ class EMA(nn.Module):
         pairs = list(zip(self.module.state_dict().values(), model.state_dict().values(), strict=True))
         self._averaged = [a for a, _ in pairs if a.is_floating_point()]
         self._current = [m for a, m in pairs if a.is_floating_point()]
-        self._copied = [(a, m) for a, m in pairs if not a.is_floating_point()]
+        self._counters = [a for a, _ in pairs if not a.is_floating_point()]
+        self._counted = [m for a, m in pairs if not a.is_floating_point()]
 
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self) -> None:  # two foreach calls, not one kernel per BatchNorm counter
         torch._foreach_lerp_(self._averaged, self._current, 1.0 - self.decay)
-        for a, m in self._copied:
-            a.copy_(m)
+        if self._counters:
+            torch._foreach_copy_(self._counters, self._counted)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         # last.pt files of resexp 0.1 hold torch's AveragedModel: the same keys plus its step counter
