@@ -104,34 +104,42 @@ def random_erasing(x: Tensor, p: float, g: torch.Generator,
 
 # The op spaces of torchvision's TrivialAugmentWide and RandAugment (v2): name -> (magnitude bins
 # as a function of (num_bins, height, width), or None; whether the sign is random).
-_WIDE = {
+def _up_to(top: float):
+    return lambda n, h, w: torch.linspace(0.0, top, n)
+
+
+def _posterize(steps: int):
+    return lambda n, h, w: (8 - (torch.arange(n) / ((n - 1) / steps))).round()
+
+
+_WIDE = {  # in torchvision's order: an op's index is what the random draw picks
     "Identity": (None, False),
-    "ShearX": (lambda n, h, w: torch.linspace(0.0, 0.99, n), True),
-    "ShearY": (lambda n, h, w: torch.linspace(0.0, 0.99, n), True),
-    "TranslateX": (lambda n, h, w: torch.linspace(0.0, 32.0, n), True),
-    "TranslateY": (lambda n, h, w: torch.linspace(0.0, 32.0, n), True),
-    "Rotate": (lambda n, h, w: torch.linspace(0.0, 135.0, n), True),
-    "Brightness": (lambda n, h, w: torch.linspace(0.0, 0.99, n), True),
-    "Color": (lambda n, h, w: torch.linspace(0.0, 0.99, n), True),
-    "Contrast": (lambda n, h, w: torch.linspace(0.0, 0.99, n), True),
-    "Sharpness": (lambda n, h, w: torch.linspace(0.0, 0.99, n), True),
-    "Posterize": (lambda n, h, w: (8 - (torch.arange(n) / ((n - 1) / 6))).round(), False),
+    "ShearX": (_up_to(0.99), True),
+    "ShearY": (_up_to(0.99), True),
+    "TranslateX": (_up_to(32.0), True),
+    "TranslateY": (_up_to(32.0), True),
+    "Rotate": (_up_to(135.0), True),
+    "Brightness": (_up_to(0.99), True),
+    "Color": (_up_to(0.99), True),
+    "Contrast": (_up_to(0.99), True),
+    "Sharpness": (_up_to(0.99), True),
+    "Posterize": (_posterize(6), False),
     "Solarize": (lambda n, h, w: torch.linspace(1.0, 0.0, n), False),
     "AutoContrast": (None, False),
     "Equalize": (None, False),
 }
-_RAND = {
+_RAND = {  # RandAugment's magnitudes for the same ops (dict update: the order stays)
     **_WIDE,
-    "ShearX": (lambda n, h, w: torch.linspace(0.0, 0.3, n), True),
-    "ShearY": (lambda n, h, w: torch.linspace(0.0, 0.3, n), True),
+    "ShearX": (_up_to(0.3), True),
+    "ShearY": (_up_to(0.3), True),
     "TranslateX": (lambda n, h, w: torch.linspace(0.0, 150.0 / 331.0 * w, n), True),
     "TranslateY": (lambda n, h, w: torch.linspace(0.0, 150.0 / 331.0 * h, n), True),
-    "Rotate": (lambda n, h, w: torch.linspace(0.0, 30.0, n), True),
-    "Brightness": (lambda n, h, w: torch.linspace(0.0, 0.9, n), True),
-    "Color": (lambda n, h, w: torch.linspace(0.0, 0.9, n), True),
-    "Contrast": (lambda n, h, w: torch.linspace(0.0, 0.9, n), True),
-    "Sharpness": (lambda n, h, w: torch.linspace(0.0, 0.9, n), True),
-    "Posterize": (lambda n, h, w: (8 - (torch.arange(n) / ((n - 1) / 4))).round(), False),
+    "Rotate": (_up_to(30.0), True),
+    "Brightness": (_up_to(0.9), True),
+    "Color": (_up_to(0.9), True),
+    "Contrast": (_up_to(0.9), True),
+    "Sharpness": (_up_to(0.9), True),
+    "Posterize": (_posterize(4), False),
 }
 _OPS = list(_WIDE)
 _BINS = 31
