@@ -8,7 +8,9 @@ drops it again, to time what a user gets.
 
 import logging
 import os
+import shutil
 import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -46,3 +48,31 @@ def in_process(monkeypatch):
             root.setLevel(level)
 
     return call
+
+
+# The real MNIST / Fashion-MNIST files, as distributed (.gz), beside the project (a user's clone has none).
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_SETS = {"MNIST/raw": "mnist", "FashionMNIST/raw": "fashion-mnist"}
+
+
+@pytest.fixture(scope="session")
+def real_data_root(tmp_path_factory) -> Path:
+    """A data root with MNIST/raw and FashionMNIST/raw: $RESEXP_DATA when it has them (.ci/run lays it
+    out from ../shared/data), else a temporary copy of ../shared/data; skips when neither exists."""
+    from resexp.data import DATASETS
+
+    def complete(root: Path) -> bool:
+        return all(DATASETS.get(n)._present(root) for n in ("mnist", "fashion_mnist"))
+
+    env = os.environ.get("RESEXP_DATA")
+    if env and complete(Path(env)):
+        return Path(env)
+    if not all((SHARED_DATA / src).is_dir() for src in REAL_SETS.values()):
+        pytest.skip(f"real MNIST / Fashion-MNIST files not found: neither $RESEXP_DATA ({env or 'unset'}) "
+                    f"nor {SHARED_DATA} holds them")
+    root = tmp_path_factory.mktemp("real_data")
+    for folder, src in REAL_SETS.items():
+        (root / folder).mkdir(parents=True)
+        for f in (SHARED_DATA / src).glob("*.gz"):
+            shutil.copyfile(f, root / folder / f.name)  # as a user copies them: writable, no read-only modes
+    return root

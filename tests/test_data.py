@@ -497,7 +497,8 @@ def _write_idx(path: Path, arr: np.ndarray):
         f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in arr.shape) + arr.tobytes())
 
 
-def test_mnist_from_local_files(tmp_path):
+def test_mnist_from_local_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(type(DATASETS.get("mnist")), "counts", {"train": 60, "t10k": 20})  # a small set
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -513,6 +514,52 @@ def test_mnist_from_local_files(tmp_path):
     assert same_val.val is same_val.test and same_val.train.num_samples == 60
     up = build_data(data_cfg("mnist", root=str(tmp_path), download=False, image_size=32, channels=3), seed=0)
     assert next(iter(up.train))[0].shape[1:] == (3, 32, 32)
+
+
+def test_mnist_count_and_label_checks_name_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(type(DATASETS.get("mnist")), "counts", {"train": 60, "t10k": 20})
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("t10k", 19)):  # one test image short: never a silent partial set
+        _write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+    cfg = data_cfg("mnist", root=str(tmp_path), download=False)
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte holds images of shape \(19, 28, 28\), expected "
+                                        r"\(20, 28, 28\)"):
+        build_data(cfg)
+    _write_idx(raw / "t10k-images-idx3-ubyte", rng.integers(0, 256, (20, 28, 28), dtype=np.uint8))
+    _write_idx(raw / "t10k-labels-idx1-ubyte", np.full(20, 12, np.uint8))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte has label 12; data=mnist has 10 classes"):
+        build_data(cfg)
+
+
+def test_mnist_download_moves_in_only_the_missing_files(tmp_path, monkeypatch):
+    """The user's own (here: repackaged) .gz stays as it is; the downloaded rest is moved in beside it."""
+    import resexp.data.sets as sets
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    mine = raw / "train-images-idx3-ubyte.gz"
+    mine.write_bytes(b"the user's copy")
+
+    def fake_download(self, root):  # what torchvision's download leaves: <root>/MNIST/raw/*.gz (+ extracted)
+        (root / self.folder).mkdir(parents=True)
+        for f in self.files:
+            (root / self.folder / f"{f}.gz").write_bytes(b"downloaded")
+            (root / self.folder / f).write_bytes(b"extracted")
+
+    monkeypatch.setattr(sets, "_reachable", lambda url, timeout=5.0: None)
+    monkeypatch.setattr(sets.TorchvisionSet, "_fetch", fake_download)
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(b"the user's extracted copy")
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz"):  # the user's own file is what is read
+        build_data(data_cfg("mnist", root=str(tmp_path), download=True))
+    assert mine.read_bytes() == b"the user's copy"
+    assert (raw / "t10k-labels-idx1-ubyte").read_bytes() == b"the user's extracted copy"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MNIST"]  # no download folder left behind
+    assert sorted(p.name for p in raw.iterdir()) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte",
+                                                     "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    assert (raw / "t10k-images-idx3-ubyte.gz").read_bytes() == b"downloaded"
 
 
 def test_cifar10_from_local_files(tmp_path, monkeypatch):

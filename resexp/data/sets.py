@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from resexp.data import idx
 from resexp.data.common import (
     check_num_classes,
     convert_channels,
@@ -214,6 +216,22 @@ class TorchvisionSet:
     def _present(self, root: Path) -> bool:
         return all((root / self.folder / f).is_file() for f in self.files)
 
+    def _read(self, root: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """[(train images uint8 NCHW, labels), (test images, labels)] through torchvision's reader."""
+        try:
+            sets = [self._tv()(str(root), train=train, download=False) for train in (True, False)]
+        except Exception as e:  # noqa: BLE001
+            raise DataError(
+                f"data={self.name}: cannot read the files in {root / self.folder} ({type(e).__name__}: {e}); "
+                "they may be corrupt: delete that folder and run again with data.download=true"
+            ) from None
+        out = []
+        for ds in sets:
+            data = torch.as_tensor(ds.data)
+            x = data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)
+            out.append((x.contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64)))
+        return out
+
     def _expected(self, root: Path) -> str:
         return f"{root / self.folder}/ with {', '.join(self.files)}"
 
@@ -233,8 +251,7 @@ class TorchvisionSet:
         socket.setdefaulttimeout(60)
         try:
             root.mkdir(parents=True, exist_ok=True)
-            self._tv()(str(root), train=True, download=True)
-            self._tv()(str(root), train=False, download=True)
+            self._fetch(root)
         except Exception as e:  # noqa: BLE001 - any failure here is "the download did not work"
             raise DataError(
                 f"data={self.name}: downloading into {root} failed ({type(e).__name__}: {e}). Expected "
@@ -242,6 +259,10 @@ class TorchvisionSet:
             ) from None
         finally:
             socket.setdefaulttimeout(old)
+
+    def _fetch(self, root: Path) -> None:
+        for train in (True, False):
+            self._tv()(str(root), train=train, download=True)
 
     def load(self, cfg: DictConfig, seed: int) -> ArraySource:
         info = self.describe(cfg)
@@ -253,25 +274,50 @@ class TorchvisionSet:
                     f"folder that holds {self.folder}/, or data.download=true to fetch it ({self.size_note})"
                 )
             self._download(root)
-        try:
-            tr = self._tv()(str(root), train=True, download=False)
-            te = self._tv()(str(root), train=False, download=False)
-        except Exception as e:  # noqa: BLE001
-            raise DataError(
-                f"data={self.name}: cannot read the files in {root / self.folder} ({type(e).__name__}: {e}); "
-                "they may be corrupt: delete that folder and run again with data.download=true"
-            ) from None
-        xs = []
-        for ds in (tr, te):
-            data = torch.as_tensor(ds.data)
-            x = data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)
-            xs.append((_fit(x.contiguous(), cfg, info.in_channels), torch.as_tensor(ds.targets, dtype=torch.int64)))
-        (x_tr, y_tr), test = xs
+        (x_tr, y_tr), (x_te, y_te) = self._read(root)
+        x_tr, test = _fit(x_tr, cfg, info.in_channels), (_fit(x_te, cfg, info.in_channels), y_te)
         if cfg.val_split > 0:
             train, val, split = _split_arrays(x_tr, y_tr, cfg, seed, f"{self.name} official train split")
         else:
             train, val, split = (x_tr, y_tr), test, None
         return ArraySource(info, train, val, test, split)
+
+
+class IdxSet(TorchvisionSet):
+    """MNIST and Fashion-MNIST: each of the four IDX files as distributed (`.gz`) or extracted, read and
+    checked by resexp (resexp/data/idx.py); torchvision only downloads them."""
+
+    counts = {"train": 60_000, "t10k": 10_000}
+    image_shape = (28, 28)
+
+    def _present(self, root: Path) -> bool:
+        return all(idx.find(root / self.folder, f) for f in self.files)
+
+    def _expected(self, root: Path) -> str:
+        return f"{root / self.folder}/ with {', '.join(self.files)} (each may be .gz)"
+
+    def _fetch(self, root: Path) -> None:
+        """Download next to the user's files and move in only the missing ones: a partial or repackaged
+        copy (other archive checksums) is never overwritten."""
+        with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
+            super()._fetch(Path(tmp))
+            dest = root / self.folder
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in self.files:
+                if not idx.find(dest, f):
+                    os.replace(Path(tmp, self.folder, f"{f}.gz"), dest / f"{f}.gz")
+
+    def _read(self, root: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        out = []
+        for split, n in self.counts.items():
+            x = idx.read(idx.find(root / self.folder, f"{split}-images-idx3-ubyte"), n, self.image_shape)
+            label_file = idx.find(root / self.folder, f"{split}-labels-idx1-ubyte")
+            y = idx.read(label_file, n, ())
+            if y.max(initial=0) >= len(self.classes):
+                raise DataError(f"{label_file} has label {y.max()}; data={self.name} has {len(self.classes)} "
+                                "classes: is it the right file?")
+            out.append((torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))))
+        return out
 
 
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -288,12 +334,12 @@ TORCHVISION_SETS = [
         "cifar100", "cifar-100-python", ("train", "test", "meta"),
         ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",), 3, tuple(CIFAR100_CLASSES), "161 MB",
     ),
-    TorchvisionSet(
+    IdxSet(
         "mnist", "MNIST/raw", _MNIST_FILES,
         ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"), 1,
         tuple(str(i) for i in range(10)), "12 MB",
     ),
-    TorchvisionSet(
+    IdxSet(
         "fashion_mnist", "FashionMNIST/raw", _MNIST_FILES,
         ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",), 1,
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
