@@ -43,7 +43,7 @@ def lenet_run(real_data_root, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_lenet5_reaches_97_percent_on_the_real_mnist_test_split(lenet_run):
     m = json.loads((lenet_run / "metrics.json").read_text())
-    assert m["status"] == "finished" and len(m["history"]) == 2
+    assert m["status"] == "completed" and len(m["history"]) == 2
     assert m["best"]["test_acc"] >= 0.97, m["best"]
     assert m["best"]["val_acc"] >= 0.97
 
