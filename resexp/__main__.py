@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
-import os
 import shutil
 import sys
 import tempfile
@@ -14,6 +13,8 @@ import tempfile
 import hydra
 from omegaconf import DictConfig
 
+from resexp import ranks
+from resexp.cli import exit_with_error
 from resexp.config import conf_dir
 from resexp.errors import ConfigError, ResexpError
 
@@ -28,14 +29,6 @@ PLUGINS = {
     "hydra/sweeper=optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
     "hparams_search=": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
 }
-
-
-def user_error(e: ResexpError) -> None:
-    """One line on stderr and exit 2; `HYDRA_FULL_ERROR=1` shows the traceback instead."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise e
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
 
 
 def is_multirun() -> bool:
@@ -56,7 +49,7 @@ def app(cfg: DictConfig) -> float:
     try:
         return run(cfg)
     except ResexpError as e:
-        user_error(e)
+        exit_with_error(e)
 
 
 def check_plugins(argv: list[str]) -> None:
@@ -66,16 +59,16 @@ def check_plugins(argv: list[str]) -> None:
             if arg.lstrip("+~").startswith(prefix) and not arg.endswith("=null"):
                 if importlib.util.find_spec(module.split(".")[0]) is None or \
                         importlib.util.find_spec(module) is None:
-                    user_error(ConfigError(f"{arg} needs a Hydra plugin: pip install 'resexp[{extra}]'"))
+                    exit_with_error(ConfigError(f"{arg} needs a Hydra plugin: pip install 'resexp[{extra}]'"))
 
 
 def ddp_worker_overrides() -> list[str]:
     """torchrun starts one copy of this command per process, and Hydra would give each its own
     time-stamped run directory. Ranks > 0 compose in a throwaway directory and write nothing there;
     run() then takes rank 0's run directory (broadcast once the process group is up)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0:
+    if ranks.world_size() <= 1 or ranks.is_main_process():
         return []
-    scratch = tempfile.mkdtemp(prefix=f"resexp-rank{os.environ['RANK']}-")
+    scratch = tempfile.mkdtemp(prefix=f"resexp-rank{ranks.rank()}-")
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     return [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}", "hydra.output_subdir=null"]
 

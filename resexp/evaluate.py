@@ -11,11 +11,9 @@ import json
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
+from resexp.cli import run_command
 from resexp.errors import ConfigError, DataError
-from resexp.inference import LoadedRun, Option, cli, load_run, parse_args
+from resexp.inference import LoadedRun, Option, load_run, parse_args
 
 OPTIONS = {
     "run": Option(None, "run directory (holds checkpoints/best.pt) or a best.pt file", required=True),
@@ -28,25 +26,12 @@ PREFIXES = {"data.": "override the run's data config, e.g. data.root=... data.ba
 PROG = "resexp.evaluate"
 
 
-@torch.inference_mode()
 def evaluate_loader(run: LoadedRun, loader, precision: str = "32") -> dict:
-    """Loss, top-1, top-5 and count, computed as the trainer's validation computes them."""
+    """Loss, top-1, top-5 and count, by the loop (and TTA) the trainer's validation runs."""
     from resexp.train.environment import autocast
-    from resexp.train.metrics import Accumulator
+    from resexp.train.evaluation import evaluate
 
-    model, device = run.model, run.device
-    tta = bool(run.config.get("trainer", {}).get("tta_flip", False))
-    acc = Accumulator(device)
-    loader.set_epoch(0)
-    with autocast(device, str(precision)):
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = model(x)
-            if tta:
-                logits = (logits + model(x.flip(3))) / 2
-            logits = logits.float()
-            acc.update(F.cross_entropy(logits, y), logits, y)
-    return acc.compute()
+    return evaluate(run.model, loader, run.device, tta_flip=run.tta_flip, autocast=autocast(run.device, precision))
 
 
 def evaluate_run(run: LoadedRun, split: str = "val", precision: str = "32") -> dict:
@@ -58,12 +43,12 @@ def evaluate_run(run: LoadedRun, split: str = "val", precision: str = "32") -> d
     loader = data.val if split == "val" else data.test
     if loader is None:
         raise DataError(f"data set {run.data_cfg.name} has no test split; use split=val")
-    if data.info.num_classes != run.meta["num_classes"]:
+    if data.info.num_classes != run.facts.num_classes:
         raise DataError(f"data set {run.data_cfg.name} has {data.info.num_classes} classes but the model was "
-                        f"trained on {run.meta['num_classes']}")
-    if list(data.info.class_names) != list(run.meta.get("class_names") or data.info.class_names):
+                        f"trained on {run.facts.num_classes}")
+    if list(data.info.class_names) != list(run.facts.class_names or data.info.class_names):
         raise DataError(f"the data's class names {list(data.info.class_names)[:6]} differ from the run's "
-                        f"{list(run.meta['class_names'])[:6]}: labels would not line up")
+                        f"{list(run.facts.class_names)[:6]}: labels would not line up")
     t0 = time.perf_counter()
     out = evaluate_loader(run, loader, precision)
     return {"split": split, "loss": out["loss"], "acc": out["acc"], "acc5": out["acc5"], "count": out["count"],
@@ -75,7 +60,7 @@ def main(argv: list[str]) -> int:
     run = load_run(str(args["run"]), device=str(args["device"]), data_overrides=data_overrides)
     result = evaluate_run(run, str(args["split"]), str(args["precision"]))
     recorded = run.best.get(f"{result['split']}_acc")
-    print(f"run {run.run_dir or run.checkpoint}: {run.meta['name']}, best epoch {run.best.get('epoch')}")
+    print(f"run {run.run_dir or run.checkpoint}: {run.facts.name}, best epoch {run.best.get('epoch')}")
     print(f"data {run.data_cfg.name} {result['split']}: {result['count']} images")
     print(f"loss {result['loss']:.4f}  top-1 {result['acc']:.2%}  top-5 {result['acc5']:.2%}"
           + (f"  (recorded at training: top-1 {recorded:.2%})" if recorded is not None else ""))
@@ -83,11 +68,11 @@ def main(argv: list[str]) -> int:
         out = Path(str(args["json"])).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)
         report = {"run": str(run.run_dir) if run.run_dir else None, "checkpoint": str(run.checkpoint),
-                  "model": run.meta["name"], "best_epoch": run.best.get("epoch"), "data": run.data_cfg.name,
+                  "model": run.facts.name, "best_epoch": run.best.get("epoch"), "data": run.data_cfg.name,
                   "data_overrides": data_overrides, **result, "recorded_acc": recorded}
         out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    cli(main)
+    run_command(main)

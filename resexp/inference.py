@@ -13,9 +13,8 @@ code runs. `load_exported(run_dir)` rebuilds the same network from `best.safeten
 from __future__ import annotations
 
 import json
-import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from resexp.errors import CheckpointError, ConfigError, DataError, ResexpError
-
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"}
-)
+from resexp.errors import CheckpointError, ConfigError, DataError
+from resexp.runs import RunFacts, RunPaths
 
 
 # ------------------------------------------------------------------------------ the run's model
@@ -41,20 +37,28 @@ class LoadedRun:
     checkpoint: Path
     model: nn.Module
     config: dict  # the run's resolved config, as best.pt stores it
-    meta: dict  # name, num_classes, in_channels, image_size, class_names, mean, std, params
+    facts: RunFacts  # name, num_classes, in_channels, image_size, class_names, mean, std, params
     best: dict  # the best epoch's metrics as recorded in best.pt
     device: torch.device
     data_cfg: DictConfig = field(repr=False, default=None)  # the run's data config (DataConfig-typed)
 
     @property
+    def meta(self) -> dict:
+        """The facts as best.pt stores them (its `meta`), for code written against that dict."""
+        return self.facts.as_dict()
+
+    @property
     def class_names(self) -> list[str]:
-        names = list(self.meta.get("class_names") or [])
-        return names if len(names) == self.meta["num_classes"] else [str(i) for i in range(self.meta["num_classes"])]
+        return self.facts.labels
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        s = int(self.meta["image_size"])
-        return int(self.meta["in_channels"]), s, s
+        return self.facts.input_shape
+
+    @property
+    def tta_flip(self) -> bool:
+        """The run evaluated with flip TTA: its predictions are made the same way."""
+        return bool(self.config.get("trainer", {}).get("tta_flip", False))
 
     def preprocess(self, path: str | Path) -> torch.Tensor:
         """One image file -> the float [C, H, W] tensor the model saw at evaluation time."""
@@ -63,10 +67,9 @@ class LoadedRun:
     @torch.inference_mode()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities [N, num_classes] for a preprocessed batch [N, C, H, W]."""
-        logits = self.model(images.to(self.device))
-        if bool(self.config.get("trainer", {}).get("tta_flip", False)):  # the run evaluated this way
-            logits = (logits + self.model(images.to(self.device).flip(3))) / 2
-        return logits.float().softmax(1).cpu()
+        from resexp.train.evaluation import flip_tta
+
+        return flip_tta(self.model, images.to(self.device), self.tta_flip).float().softmax(1).cpu()
 
     def predict_files(self, paths: Sequence[str | Path]) -> torch.Tensor:
         return self.predict(torch.stack([self.preprocess(p) for p in paths]))
@@ -82,9 +85,10 @@ def find_checkpoint(run: str | Path) -> tuple[Path | None, Path]:
         raise CheckpointError(f"run directory not found: {p}")
     if not p.is_dir():
         raise CheckpointError(f"run={p} is neither a run directory nor a checkpoint file")
-    best = p / "checkpoints" / "best.pt"
+    paths = RunPaths(p)
+    best = paths.best
     if not best.is_file():
-        hint = " (the run has not finished a validation yet?)" if (p / "checkpoints").is_dir() else \
+        hint = " (the run has not finished a validation yet?)" if paths.checkpoints.is_dir() else \
             " (is this a run directory? it should hold checkpoints/best.pt, metrics.json and .hydra/)"
         raise CheckpointError(f"no checkpoint at {best}{hint}")
     return p, best
@@ -95,18 +99,18 @@ def _saved_config(state: dict, run_dir: Path | None, ckpt: Path) -> dict:
     config = state.get("config")
     if isinstance(config, dict) and config.get("model") and config.get("data"):
         return config
-    if run_dir is not None and (run_dir / ".hydra" / "config.yaml").is_file():
-        return OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True)
+    if run_dir is not None and RunPaths(run_dir).config.is_file():
+        return OmegaConf.to_container(OmegaConf.load(RunPaths(run_dir).config), resolve=True)
     raise CheckpointError(f"{ckpt} holds no run config and there is no .hydra/config.yaml next to it")
 
 
-def build_for_inference(model_cfg: dict, meta: dict) -> nn.Module:
+def build_for_inference(model_cfg: dict, facts: RunFacts) -> nn.Module:
     """The network the run trained, with no pretrained weights fetched (best.pt supplies them)."""
     from resexp.models import build_model
 
     model_cfg = {**model_cfg, "pretrained": None}
-    return build_model(model_cfg, num_classes=int(meta["num_classes"]), in_channels=int(meta["in_channels"]),
-                       image_size=int(meta["image_size"]))
+    return build_model(model_cfg, num_classes=int(facts.num_classes), in_channels=int(facts.in_channels),
+                       image_size=int(facts.image_size))
 
 
 def data_config(config: dict, overrides: Iterable[str] = ()) -> DictConfig:
@@ -135,12 +139,12 @@ def load_run(run: str | Path, device: str | torch.device = "cpu", data_overrides
     if "model" not in state or "meta" not in state:
         raise CheckpointError(f"{ckpt} is not a resexp best.pt (no 'model' / 'meta' entries)")
     config = _saved_config(state, run_dir, ckpt)
-    meta = state["meta"]
-    model = build_for_inference(config["model"], meta)
+    facts = RunFacts.from_dict(state["meta"])
+    model = build_for_inference(config["model"], facts)
     checkpoint.check_compatible(state["model"], model, ckpt)
     model.load_state_dict(state["model"])
     model.to(device).eval()
-    return LoadedRun(run_dir=run_dir, checkpoint=ckpt, model=model, config=config, meta=meta,
+    return LoadedRun(run_dir=run_dir, checkpoint=ckpt, model=model, config=config, facts=facts,
                      best=dict(state.get("best") or {}), device=device,
                      data_cfg=data_config(config, data_overrides))
 
@@ -157,17 +161,12 @@ def load_exported(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dic
     weights = card_path.parent / card.get("weights", "best.safetensors")
     if not weights.is_file():
         raise CheckpointError(f"no weights file at {weights}")
-    meta = {"num_classes": card["num_classes"], "in_channels": card["in_channels"], "image_size": card["image_size"]}
-    model = build_for_inference(card["model"], meta)
+    model = build_for_inference(card["model"], RunFacts.from_dict(card))
     model.load_state_dict(load_file(str(weights), device="cpu"))
     return model.to(device).eval(), card
 
 
 # ------------------------------------------------------------------------------------- images
-def is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
 def load_image(path: str | Path, data_cfg: DictConfig, input_shape: tuple[int, int, int] | None = None) -> torch.Tensor:
     """Decode one file and apply the run's evaluation preprocessing; DataError names the file."""
     from PIL import Image, UnidentifiedImageError
@@ -189,15 +188,6 @@ def load_image(path: str | Path, data_cfg: DictConfig, input_shape: tuple[int, i
         raise DataError(f"{path}: preprocessing gave a {list(x.shape)} tensor but the model expects "
                         f"{list(input_shape)}")
     return x
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Image files under folder (recursively, sorted; hidden files and other extensions skipped)."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath, f) for f in filenames if not f.startswith(".") and is_image_name(Path(f)))
-    return sorted(out)
 
 
 # -------------------------------------------------------------------------- command-line parsing
@@ -251,18 +241,3 @@ def parse_args(argv: Sequence[str], options: dict[str, Option], prefixes: dict[s
 
 def _valid(options: dict[str, Option], prefixes: dict[str, str]) -> str:
     return ", ".join([*options, *(p + "<key>" for p in prefixes)])
-
-
-def cli(main: Callable[[list[str]], int]) -> None:
-    """Run a command: a ResexpError is one line on stderr and exit 2 (HYDRA_FULL_ERROR=1: traceback)."""
-    try:
-        code = main(sys.argv[1:])
-    except ResexpError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code)

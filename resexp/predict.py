@@ -16,8 +16,10 @@ from pathlib import Path
 
 import torch
 
+from resexp.cli import run_command
+from resexp.data.images import IMAGE_EXTENSIONS, image_files, is_image_name
 from resexp.errors import ConfigError, DataError
-from resexp.inference import IMAGE_EXTENSIONS, LoadedRun, Option, cli, image_files, is_image_name, load_run
+from resexp.inference import LoadedRun, Option, load_run
 
 OPTIONS = {
     "run": Option(None, "run directory (holds checkpoints/best.pt) or a best.pt file", required=True),
@@ -108,4 +110,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    cli(main)
+    run_command(main)

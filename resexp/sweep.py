@@ -14,7 +14,6 @@ This module is imported by Hydra at start-up (the callback): keep torch out of i
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import sys
@@ -26,14 +25,12 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from resexp.ranks import is_main_process
+from resexp.runs import RunPaths, write_metrics
+
 log = logging.getLogger("resexp")
 
 INTERRUPTED_EXIT = 130
-
-
-def is_main_process() -> bool:
-    """False on torchrun ranks > 0, which write nothing."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def error_line(e: BaseException, limit: int = 300) -> str:
@@ -41,23 +38,6 @@ def error_line(e: BaseException, limit: int = 300) -> str:
     text = str(e).strip().splitlines()
     line = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
     return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def update_metrics(run_dir: Path, **fields: Any) -> None:
-    """Set keys of the job's metrics.json (created, with empty results, when the job failed before
-    training wrote one)."""
-    if not is_main_process():
-        return
-    from resexp.train.logger import write_json
-
-    path = run_dir / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
-        metrics = {"status": "failed", "best": {}, "last": {}, "history": [], "params": None}
-    metrics.update(fields)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(metrics, path)
 
 
 def _from_submitit_requeue(e: SystemExit) -> bool:
@@ -80,7 +60,7 @@ def run_sweep_job(cfg, run: Callable[..., float]) -> float:
     """One multirun job: `run(cfg)`'s best validation accuracy, or NaN after recording a failure."""
     from hydra.core.hydra_config import HydraConfig
 
-    from resexp.train.trainer import Interrupted
+    from resexp.train.signals import Interrupted
 
     hydra_cfg = HydraConfig.get()
     run_dir, num = Path(hydra_cfg.runtime.output_dir), hydra_cfg.job.num
@@ -90,28 +70,29 @@ def run_sweep_job(cfg, run: Callable[..., float]) -> float:
         value = run(cfg)
     except (Interrupted, KeyboardInterrupt) as e:
         # Ctrl-C (or SIGTERM) stops the whole sweep, not just this job
-        update_metrics(run_dir, status="interrupted", error=error_line(e), wall_s=wall())
+        write_metrics(run_dir, {"status": "interrupted", "error": error_line(e), "wall_s": wall()}, merge=True)
         if is_main_process():
             log.error(f"job #{num} stopped: {error_line(e)}; the sweep stops here")
             summary_lines(Path(str(hydra_cfg.sweep.dir)))
         raise SystemExit(INTERRUPTED_EXIT) from None
     except SystemExit as e:
         if _from_submitit_requeue(e):
-            update_metrics(run_dir, status="requeued", error="SystemExit: requeued by submitit", wall_s=wall())
+            requeued = {"status": "requeued", "error": "SystemExit: requeued by submitit", "wall_s": wall()}
+            write_metrics(run_dir, requeued, merge=True)
             raise
         failure = e
     except Exception as e:  # noqa: BLE001 - any failure of one job is recorded; the sweep goes on
         failure = e
     else:
-        update_metrics(run_dir, wall_s=wall())
+        write_metrics(run_dir, {"wall_s": wall()}, merge=True)
         return value
 
     line = error_line(failure)
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "error.log").write_text("".join(traceback.format_exception(failure)))
-        update_metrics(run_dir, status="failed", error=line, wall_s=wall())
-        log.error(f"job #{num} failed: {line} (traceback in {run_dir / 'error.log'}); the sweep goes on")
+        RunPaths(run_dir).error_log.write_text("".join(traceback.format_exception(failure)))
+        write_metrics(run_dir, {"status": "failed", "error": line, "wall_s": wall()}, merge=True)
+        log.error(f"job #{num} failed: {line} (traceback in {RunPaths(run_dir).error_log}); the sweep goes on")
     del failure
     _free_memory()
     return float("nan")
@@ -120,7 +101,7 @@ def run_sweep_job(cfg, run: Callable[..., float]) -> float:
 def summary_lines(sweep_dir: Path, write: bool = True) -> tuple[list, list[str]]:
     """The sweep's jobs (read from their directories) and, with `write`, the report written into the
     sweep directory; returns (jobs, lines to log)."""
-    from resexp.report import ReportError, build_report, collect_jobs
+    from resexp.reports.sweep import ReportError, build_report, collect_jobs
 
     try:
         jobs = collect_jobs([sweep_dir])
@@ -182,7 +163,7 @@ class SweepCallback(Callback):
             log.info(line)
         failed = [j for j in jobs if j.status != "completed"]
         if failed:
-            from resexp.report import split_overrides
+            from resexp.reports.sweep import split_overrides
 
             _, own = split_overrides(jobs)
             listing = "; ".join(f"#{j.name} ({' '.join(own[j.name]) or 'no overrides'}): {j.status}"

@@ -41,6 +41,7 @@ def build_trainer(overrides: list[str]):
     """A Trainer exactly as resexp.train.run builds one, without the run's logging and checkpoints."""
     from resexp.data import build_data
     from resexp.models import build_model
+    from resexp.runs import RunFacts
     from resexp.train.environment import configure_determinism, seed_everything, setup
     from resexp.train.trainer import Trainer
 
@@ -52,8 +53,10 @@ def build_trainer(overrides: list[str]):
     info = data.info
     model = build_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels,
                         image_size=info.image_size)
-    meta = {"num_classes": info.num_classes, "params": sum(p.numel() for p in model.parameters())}
-    return Trainer(cfg, model, data, env, Path(tempfile.mkdtemp()), meta)
+    facts = RunFacts(name=cfg.model.name, num_classes=info.num_classes, in_channels=info.in_channels,
+                     image_size=info.image_size, class_names=list(info.class_names), mean=None, std=None,
+                     params=sum(p.numel() for p in model.parameters()))
+    return Trainer(cfg, model, data, env, Path(tempfile.mkdtemp()), facts)
 
 
 # reduce-overhead: the training step replays CUDA graphs (evaluation with flip TTA compiles without them)
@@ -92,7 +95,7 @@ def _sync_warnings(trainer, epoch: int, monkeypatch) -> list[str]:
         real_synchronize(device)
 
     monkeypatch.setattr(torch.cuda, "synchronize", end_of_epoch_sync)
-    trainer.batch = 0
+    trainer.state.batch = 0
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from resexp import report
+from resexp.reports import sweep as report
 
 # A job of a few seconds: 3 stages of 1 block on 8x8 synthetic images, one epoch of 3 batches.
 TINY = ["data=synthetic", "data.num_samples=64", "data.image_size=8", "data.batch_size=16",

@@ -39,6 +39,20 @@ def _visible(name: str) -> bool:
     return not name.startswith(".")
 
 
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files under folder, recursively (links followed; hidden files and folders and other
+    extensions skipped), sorted by their POSIX path: the same order on every machine."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if _visible(d)]
+        found.extend(Path(dirpath, f) for f in filenames if _visible(f) and is_image_name(Path(f)))
+    return sorted(found, key=Path.as_posix)
+
+
 def class_folders(root: Path, set_name: str) -> list[str]:
     """The sorted class folder names under root (a cheap listing: no file inside is read)."""
     if not root.exists():
@@ -63,15 +77,10 @@ def list_images(root: Path, set_name: str) -> tuple[list[str], list[tuple[str, i
     files: list[tuple[str, int]] = []
     empty = []
     for label, name in enumerate(names):
-        found = []
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
-            dirnames[:] = [d for d in dirnames if _visible(d)]
-            for f in filenames:
-                if _visible(f) and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
-                    found.append(Path(dirpath, f).relative_to(root).as_posix())
+        found = image_files(root / name)
         if not found:
             empty.append(str(root / name))
-        files.extend((p, label) for p in sorted(found))
+        files.extend((p.relative_to(root).as_posix(), label) for p in found)
     if empty:
         raise DataError(
             f"class folder(s) without images under data.root {root}: {', '.join(empty)}; every sub-folder is a "

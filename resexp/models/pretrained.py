@@ -1,10 +1,12 @@
-"""`model.pretrained`: torchvision weights by name, or a local state-dict file.
+"""Weights from elsewhere into a model: `model.pretrained` (torchvision weights by name, or a local
+state-dict file) and `trainer.finetune_from` (a checkpoint file) load by the one rule of `load_backbone`.
 
 A name (DEFAULT, IMAGENET1K_V1, ...) is resolved with torchvision's weights API for the network's
 torchvision twin (same name, arch resnet) and downloaded into torch.hub's cache. A file is read
 with `torch.load(weights_only=True)` (or safetensors): a raw state dict or a checkpoint holding
 one under `model`. Classifier weights whose shape does not fit num_classes are left out, so the
-model keeps a fresh classifier on top of the pretrained backbone.
+model keeps a fresh classifier on top of the pretrained backbone; any other tensor that is missing,
+unexpected or of another shape is an error that names it.
 """
 
 from __future__ import annotations
@@ -41,15 +43,16 @@ def check_pretrained(spec: str, name: str, arch: str = "resnet") -> None:
     """`spec` checked without reading or downloading anything: the file exists, or torchvision has
     weights of that name for network `name`."""
     if is_file_spec(spec):
-        _existing(spec)
+        existing_file(spec)
     else:
         torchvision_weights(name, arch, spec)
 
 
-def _existing(path: str | Path) -> Path:
+def existing_file(path: str | Path, option: str = "model.pretrained") -> Path:
+    """`path` as an existing file, or an error naming the option that gave it."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise CheckpointError(f"model.pretrained: no such file: {path}")
+        raise CheckpointError(f"{option}: no such file: {path}")
     return p
 
 
@@ -89,8 +92,9 @@ def fetch_torchvision(weights) -> dict[str, torch.Tensor]:
                           f"into {cache})") from err
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    p = _existing(path)
+def read_state_dict(path: str | Path, option: str = "model.pretrained") -> dict[str, torch.Tensor]:
+    """The state dict in a weights file or under a checkpoint's `model`; errors name `option`."""
+    p = existing_file(path, option)
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -99,18 +103,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(p, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
-        raise CheckpointError(f"model.pretrained: cannot read {path} as a state dict "
+        raise CheckpointError(f"{option}: cannot read {path} as a state dict "
                               f"({' '.join(str(err).split())[:300]})") from err
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a resexp checkpoint
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"model.pretrained: {path} holds no state dict (a name -> tensor mapping, "
+        raise CheckpointError(f"{option}: {path} holds no state dict (a name -> tensor mapping, "
                               "or a checkpoint with one under 'model')")
     return state
 
 
-def load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load `state` strictly, except for a classifier whose shape differs (other class count)."""
+def load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Load `state` strictly, except for a classifier whose shape differs (other class count);
+    returns the names of the tensors left freshly initialised (that classifier's)."""
     # Wrappers add prefixes: DistributedDataParallel "module.", torch.compile "_orig_mod.".
     state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
     own = model.state_dict()
@@ -128,6 +133,7 @@ def load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str)
                  if keys]
         raise CheckpointError(f"{source}: the weights do not fit this model ({'; '.join(parts)})")
     model.load_state_dict(state, strict=False)  # only the fresh classifier keys are absent
+    return sorted(fresh)
 
 
 def _adapt_first_conv(model: nn.Module, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:

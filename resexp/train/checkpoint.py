@@ -1,7 +1,12 @@
-"""Checkpoint files: written atomically, read with `torch.load(weights_only=True)`.
+"""Checkpoint files: best.pt and last.pt written atomically, read with `torch.load(weights_only=True)`,
+resume from a last.pt (found by path or by config), and the best-so-far carried into a new run directory.
 
 A checkpoint is a dict of tensors and plain Python values only (no pickled objects), so loading
 one from an untrusted source cannot run code.
+
+    best.pt  model (the EMA's weights when there is one), best, config, meta
+    last.pt  model, ema, optimizer, scheduler, scaler, TrainingState's keys (epoch, batch,
+             global_step, best, history, bad_evals, train_acc), rng, config, meta
 """
 
 from __future__ import annotations
@@ -9,11 +14,15 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
 from resexp.errors import CheckpointError
+from resexp.runs import RunFacts, RunPaths
+from resexp.train.environment import rng_state, set_rng_state
+from resexp.train.state import TrainingState
 
 
 def atomic_save(obj: dict, path: Path) -> None:
@@ -54,7 +63,7 @@ def resolve(resume: str, outputs_root: Path) -> Path:
     """`trainer.resume` as a checkpoint file, a run directory (its last.pt) or a sweep job dir."""
     p = Path(resume).expanduser()
     if p.is_dir():
-        p = p / "checkpoints" / "last.pt"
+        p = RunPaths(p).last
     if not p.is_file():
         raise CheckpointError(
             f"trainer.resume={resume}: no checkpoint at {p} "
@@ -80,7 +89,7 @@ def find_auto(config: dict, outputs_root: Path, exclude: Path | None = None) -> 
     candidates = sorted(outputs_root.glob("**/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
     for path in candidates:
         run_dir = path.parent.parent
-        saved = run_dir / ".hydra" / "config.yaml"
+        saved = RunPaths(run_dir).config
         if (exclude is not None and run_dir == exclude) or not saved.is_file():
             continue
         if _comparable(OmegaConf.to_container(OmegaConf.load(saved))) == target:
@@ -109,13 +118,39 @@ def check_compatible(state: dict, model: torch.nn.Module, source: Path) -> None:
             )
 
 
-def load_backbone(model: torch.nn.Module, path: Path) -> list[str]:
-    """Fine-tuning: copy every tensor whose name and shape match; the classifier stays fresh."""
-    saved = load(path)
-    state = saved.get("model", saved)
-    own = model.state_dict()
-    taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not taken:
-        raise CheckpointError(f"{path} shares no weights with this model: nothing to fine-tune from")
-    model.load_state_dict(taken, strict=False)
-    return sorted(set(own) - set(taken))
+class Checkpoints:
+    """One run directory's best.pt and last.pt. Only the main process writes (`write`)."""
+
+    def __init__(self, paths: RunPaths, config: dict, facts: RunFacts, write: bool):
+        self.paths, self.write = paths, write
+        self.common = {"config": config, "meta": facts.as_dict()}  # what inference rebuilds the run from
+
+    def save_best(self, model: torch.nn.Module, best: dict) -> None:
+        if self.write:
+            atomic_save({"model": model.state_dict(), "best": dict(best), **self.common}, self.paths.best)
+
+    def save_last(self, parts: dict[str, Any], state: TrainingState) -> None:
+        """`parts`: model, ema, optimizer, scheduler, scaler (None where the run has no EMA)."""
+        if self.write:
+            saved = {name: part.state_dict() if part is not None else None for name, part in parts.items()}
+            atomic_save({**saved, **state.state_dict(), "rng": rng_state(), **self.common}, self.paths.last)
+
+    def resume(self, path: Path, parts: dict[str, Any], state: TrainingState, device: torch.device) -> None:
+        """Continue from a last.pt: every part, the training state and the RNG states."""
+        saved = load(path, map_location=device)
+        if "optimizer" not in saved:
+            raise CheckpointError(f"{path} is not a last.pt training checkpoint (no optimizer state)")
+        check_compatible(saved["model"], parts["model"], path)
+        for name, part in parts.items():
+            if part is not None and saved.get(name) is not None:  # a run without EMA saved ema=None
+                part.load_state_dict(saved[name])
+        state.load_state_dict(saved)
+        set_rng_state(saved["rng"])
+        # Resumed into another run directory: bring the best-so-far along, or a resumed run that
+        # never improves on it would end without a best.pt to re-evaluate; and the state itself, so
+        # that the new directory can be resumed from even before its first epoch ends.
+        source_best = Path(path).with_name(self.paths.best.name)  # best.pt beside the last.pt resumed
+        if self.write and state.monitor.best and source_best.is_file() and not self.paths.best.exists():
+            atomic_save(load(source_best), self.paths.best)
+        if not self.paths.last.exists():
+            self.save_last(parts, state)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from resexp import ranks
 from resexp.errors import ConfigError
 
 log = logging.getLogger("resexp")
@@ -57,9 +58,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 def setup(trainer_cfg) -> Env:
     """Join the torchrun process group when launched by torchrun, and pick this process's device."""
     _export_submitit_ranks()
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world_size, rank, local_rank = ranks.world_size(), ranks.rank(), ranks.local_rank()
     device = resolve_device(trainer_cfg.device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
@@ -69,11 +68,10 @@ def setup(trainer_cfg) -> Env:
         atexit.register(_destroy_process_group)
     env = Env(device=device, rank=rank, world_size=world_size, local_rank=local_rank)
     if env.distributed and trainer_cfg.sync_batchnorm and device.type != "cuda":
-        # PyTorch's SyncBatchNorm has no CPU kernel: train with per-process statistics instead.
+        # PyTorch's SyncBatchNorm has no CPU kernel: the Trainer keeps per-process statistics instead.
         if env.is_main:
             log.warning("trainer.sync_batchnorm=true needs CUDA devices; on CPU each process keeps its own "
                         "BatchNorm statistics")
-        trainer_cfg.sync_batchnorm = False
     return env
 
 

@@ -1,19 +1,19 @@
-"""What a run tells the world: TensorBoard events, one console line per epoch, metrics.json.
+"""What a run tells the world as it trains: TensorBoard events and one console line per epoch
+(metrics.json is resexp.runs.write_metrics).
 
 Only the main process (rank 0) writes; the others get a logger that does nothing.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
 import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
+
+from resexp.runs import RunPaths
 
 log = logging.getLogger("resexp")
 
@@ -29,23 +29,6 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(finite(obj), indent=2, allow_nan=False))
-    os.replace(tmp, path)
-
-
-def finite(v):
-    """JSON has no NaN/Inf: a diverged metric is written as null."""
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: finite(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [finite(x) for x in v]
-    return v
-
-
 class RunLogger:
     def __init__(self, run_dir: Path, enabled: bool, progress: bool | None, purge_step: int | None = None):
         self.run_dir = run_dir
@@ -55,7 +38,7 @@ class RunLogger:
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
+            self.writer = SummaryWriter(log_dir=str(RunPaths(run_dir).tensorboard), purge_step=purge_step)
 
     def bar(self, total: int, initial: int, desc: str):
         return tqdm(total=total, initial=initial, desc=desc, leave=False, disable=not self.progress,
@@ -78,7 +61,12 @@ class RunLogger:
             for step, loss in zip(steps, losses, strict=True):
                 self.writer.add_scalar("train/loss_step", loss, step)
 
-    def epoch_line(self, row: dict, epochs: int, is_best: bool) -> None:
+    def epoch(self, row: dict, epochs: int, is_best: bool) -> None:
+        """A finished epoch's row (the trainer's history): TensorBoard scalars and the console line."""
+        self.scalars({
+            "train/loss": row["train_loss"], "train/acc": row["train_acc"], "val/loss": row["val_loss"],
+            "val/acc": row["val_acc"], "val/acc5": row["val_acc5"], "lr": row["lr"], "throughput": row["images_per_s"],
+        }, step=row["epoch"])
         if not self.enabled:
             return
         val = ""

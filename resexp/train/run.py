@@ -1,4 +1,8 @@
-"""One training job: config -> data, model, trainer -> fit -> best checkpoint re-evaluated."""
+"""One training job, as a sequence of named steps: resolve the resume, build data and model, prepare
+the run directory, fit, report (best.pt re-evaluated, the run report, metrics.json).
+
+The config the caller passed is never written into: what the data adds (class count, channels)
+goes into a copy, the run's config, that checkpoints and TensorBoard keep."""
 
 from __future__ import annotations
 
@@ -13,12 +17,14 @@ from resexp.config import to_plain
 from resexp.data import DATASETS, build_data
 from resexp.data.common import is_missing
 from resexp.models import ARCHS, BLOCKS, STEMS, build_model
-from resexp.models.pretrained import check_pretrained
+from resexp.models.pretrained import check_pretrained, existing_file, load_backbone, read_state_dict
 from resexp.models.summary import count_params
 from resexp.optim import OPTIMIZERS, SCHEDULERS
-from resexp.reports import write_run_report
+from resexp.reports.run import write_run_report
+from resexp.runs import RunFacts, RunPaths
 from resexp.train import checkpoint
-from resexp.train.environment import autocast, configure_determinism, seed_everything, setup, shared_run_dir
+from resexp.train.environment import Env, autocast, configure_determinism, seed_everything, setup, shared_run_dir
+from resexp.train.evaluation import final_evaluation
 from resexp.train.logger import RunLogger
 from resexp.train.trainer import Trainer, check_trainer
 
@@ -62,62 +68,83 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
     composed = to_plain(cfg)  # as the user asked for it, before data fills in the gaps
     env = setup(cfg.trainer)
     check_choices(cfg, env.device)
-    run_dir = shared_run_dir(run_dir, env)  # DDP: every rank works in rank 0's directory
+    paths = RunPaths(shared_run_dir(run_dir, env))  # DDP: every rank works in rank 0's directory
     seed_everything(cfg.seed)
     configure_determinism(cfg.trainer.deterministic, env.device)
 
+    resume_path = resolve_resume(cfg, composed, paths, env)
+    run_cfg, data, model, facts = build(cfg, env, finetune=resume_path is None)
+    prepare_run_dir(paths, composed, data, facts, env, cfg.data.name)
+    trainer = Trainer(run_cfg, model, data, env, paths.root, facts)
+    return fit_and_report(trainer, run_cfg, resume_path)
+
+
+def resolve_resume(cfg: DictConfig, composed: dict, paths: RunPaths, env: Env) -> Path | None:
+    """The last.pt to continue from (trainer.resume), or None; a finetune_from file checked to exist."""
     resume_path = None
     if cfg.trainer.resume == "auto":
-        own = run_dir / "checkpoints" / "last.pt"  # a requeued job (SLURM) continues in its own directory
-        resume_path = own if own.is_file() else \
-            checkpoint.find_auto(composed, outputs_root(run_dir), exclude=run_dir.resolve())
+        # a requeued job (SLURM) continues in its own directory
+        resume_path = paths.last if paths.last.is_file() else \
+            checkpoint.find_auto(composed, outputs_root(paths.root), exclude=paths.root.resolve())
         if resume_path is None and env.is_main:
             log.info("trainer.resume=auto: no earlier run with this config has a last.pt; starting fresh")
     elif cfg.trainer.resume:
-        resume_path = checkpoint.resolve(cfg.trainer.resume, outputs_root(run_dir))
-    finetune = bool(cfg.trainer.finetune_from) and resume_path is None  # a resumed run has its own weights
-    if finetune and not Path(cfg.trainer.finetune_from).expanduser().is_file():
-        raise checkpoint.CheckpointError(f"trainer.finetune_from: no such file: {cfg.trainer.finetune_from}")
+        resume_path = checkpoint.resolve(cfg.trainer.resume, outputs_root(paths.root))
+    if cfg.trainer.finetune_from and resume_path is None:  # before the data is read: fail fast
+        existing_file(cfg.trainer.finetune_from, "trainer.finetune_from")
+    return resume_path
 
+
+def build(cfg: DictConfig, env: Env, finetune: bool) -> tuple[DictConfig, object, torch.nn.Module, RunFacts]:
+    """(the run's config, data, model, facts). The run's config is a copy of cfg with the class
+    count and channels the data set reports where cfg leaves them unset."""
     data = build_data(cfg.data, device=env.device, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
     info = data.info
-    cfg.model.num_classes = cfg.model.num_classes or info.num_classes
-    cfg.model.in_channels = cfg.model.in_channels or info.in_channels
     model = build_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels,
                         image_size=info.image_size)
-    if finetune:
-        fresh = checkpoint.load_backbone(model, Path(cfg.trainer.finetune_from).expanduser())
+    finetune_from = cfg.trainer.finetune_from if finetune else None  # a resumed run has its own weights
+    if finetune_from:
+        fresh = load_backbone(model, read_state_dict(finetune_from, "trainer.finetune_from"),
+                              f"trainer.finetune_from={finetune_from}")
         if env.is_main:
-            log.info(f"fine-tuning from {cfg.trainer.finetune_from}; freshly initialised: {', '.join(fresh) or 'none'}")
+            log.info(f"fine-tuning from {finetune_from}; freshly initialised: {', '.join(fresh) or 'none'}")
+    facts = RunFacts(
+        name=cfg.model.name, num_classes=int(cfg.model.num_classes or info.num_classes),
+        in_channels=int(cfg.model.in_channels or info.in_channels), image_size=info.image_size,
+        class_names=list(info.class_names), mean=list(info.mean) if info.mean else None,
+        std=list(info.std) if info.std else None, params=count_params(model),
+    )
+    run_cfg = OmegaConf.merge(cfg, {"model": {"num_classes": facts.num_classes, "in_channels": facts.in_channels}})
+    return run_cfg, data, model, facts
 
-    meta = {
-        "name": cfg.model.name, "num_classes": int(cfg.model.num_classes), "in_channels": int(cfg.model.in_channels),
-        "image_size": info.image_size, "class_names": list(info.class_names),
-        "mean": list(info.mean) if info.mean else None, "std": list(info.std) if info.std else None,
-        "params": count_params(model),
-    }
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        saved = run_dir / ".hydra" / "config.yaml"
-        if not saved.exists():  # Python API runs: the same record a Hydra run keeps (resume=auto reads it)
-            saved.parent.mkdir(exist_ok=True)
-            saved.write_text(OmegaConf.to_yaml(composed))
-        if data.split is not None:
-            (run_dir / "data_split.json").write_text(json.dumps(data.split, indent=1))
-        if data.skipped:
-            log.warning(f"{data.skipped} unreadable files were skipped (data.on_bad_file=skip)")
-        log.info(f"model {cfg.model.name}: {meta['params']:,} parameters; data {cfg.data.name}: "
-                 f"{data.train.num_samples * env.world_size} train / {data.val.num_samples * env.world_size} val "
-                 f"images, {meta['num_classes']} classes; device {env.device}; run dir {run_dir}")
 
-    trainer = Trainer(cfg, model, data, env, run_dir, meta)
+def prepare_run_dir(paths: RunPaths, composed: dict, data, facts: RunFacts, env: Env, data_name: str) -> None:
+    """The run directory with the composed config and the data split (rank 0), and the run's one-line summary."""
+    if not env.is_main:
+        return
+    paths.root.mkdir(parents=True, exist_ok=True)
+    if not paths.config.exists():  # Python API runs: the same record a Hydra run keeps (resume=auto reads it)
+        paths.config.parent.mkdir(exist_ok=True)
+        paths.config.write_text(OmegaConf.to_yaml(composed))
+    if data.split is not None:
+        paths.data_split.write_text(json.dumps(data.split, indent=1))
+    if data.skipped:
+        log.warning(f"{data.skipped} unreadable files were skipped (data.on_bad_file=skip)")
+    log.info(f"model {facts.name}: {facts.params:,} parameters; data {data_name}: "
+             f"{data.train.num_samples * env.world_size} train / {data.val.num_samples * env.world_size} val "
+             f"images, {facts.num_classes} classes; device {env.device}; run dir {paths.root}")
+
+
+def fit_and_report(trainer: Trainer, cfg: DictConfig, resume_path: Path | None) -> float:
+    """Resume if asked, fit, re-evaluate best.pt, write the run report; metrics.json says how it ended."""
+    env = trainer.env
     if resume_path is not None:
-        trainer.load_last(resume_path)
+        trainer.resume(resume_path)
         if env.is_main:
-            log.info(f"resumed from {resume_path} at epoch {trainer.epoch + 1}, batch {trainer.batch}")
+            log.info(f"resumed from {resume_path} at epoch {trainer.state.epoch + 1}, batch {trainer.state.batch}")
     # purge_step drops TensorBoard points of steps that the resumed run will write again
-    logger = trainer.logger = RunLogger(run_dir, enabled=env.is_main, progress=cfg.trainer.progress,
-                                        purge_step=trainer.global_step if resume_path else None)
+    logger = trainer.logger = RunLogger(trainer.run_dir, enabled=env.is_main, progress=cfg.trainer.progress,
+                                        purge_step=trainer.state.global_step if resume_path else None)
     logger.config(cfg)
     try:
         trainer.fit()
@@ -133,25 +160,3 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
         raise
     finally:
         logger.close()
-
-
-def final_evaluation(trainer: Trainer, collect: bool = False) -> tuple[dict, dict]:
-    """Reload best.pt, evaluate it on val (and test), and make that the reported best.
-
-    Returns the best metrics and the validation result (with this rank's predictions if collect)."""
-    best_path = trainer.ckpt_dir / "best.pt"
-    if trainer.env.distributed:
-        torch.distributed.barrier()  # rank 0 has finished writing best.pt
-    state = checkpoint.load(best_path, map_location=trainer.device)
-    model = trainer.eval_model()
-    model.load_state_dict(state["model"])
-    val = trainer.evaluate(model, trainer.data.val, collect=collect)
-    best = {**state["best"], "val_loss": val["loss"], "val_acc": val["acc"], "val_acc5": val["acc5"]}
-    if trainer.data.test is not None:
-        test = trainer.evaluate(model, trainer.data.test)
-        best.update(test_loss=test["loss"], test_acc=test["acc"], test_acc5=test["acc5"])
-    trainer.best = best
-    if trainer.env.is_main:
-        log.info(f"best epoch {best['epoch']}: val acc {best['val_acc']:.2%} loss {best['val_loss']:.4f}"
-                 + (f"; test acc {best['test_acc']:.2%}" if "test_acc" in best else ""))
-    return best, val
