@@ -113,6 +113,7 @@ def build_resexp(cfg, device: torch.device):
     from resexp.data import build_data
     from resexp.models import build_model
     from resexp.models.summary import count_params
+    from resexp.runs import RunFacts
     from resexp.train.environment import Env, configure_determinism, resolve_device, seed_everything
     from resexp.train.trainer import Trainer
 
@@ -123,9 +124,9 @@ def build_resexp(cfg, device: torch.device):
     info = data.info
     model = build_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels,
                         image_size=info.image_size)
-    meta = {"num_classes": info.num_classes, "params": count_params(model)}
+    facts = RunFacts.from_data(cfg.model.name, info, count_params(model))
     run_dir = Path(tempfile.mkdtemp(prefix="resexp-bench-"))
-    return Trainer(cfg, model, data, Env(device=device), run_dir, meta), data, model
+    return Trainer(cfg, model, data, Env(device=device), run_dir, facts), data, model
 
 
 class Reference:
@@ -209,7 +210,7 @@ def run_case(case: Case, device: torch.device, variant_name: str, repeats: int, 
 
     def resexp_epoch(epoch: int, n_steps: int) -> int:
         trainer.tcfg.limit_train_batches = n_steps
-        trainer.batch = 0
+        trainer.state.batch = 0
         return trainer.train_epoch(epoch)
 
     # warm-up: compilation, cuDNN autotuning, allocator growth

@@ -48,7 +48,7 @@ def main(argv=None) -> dict:
     trainer, _, _ = build_resexp(cfg, device)
 
     def steps(k: int, epoch: int) -> None:
-        trainer.tcfg.limit_train_batches, trainer.batch = k, 0
+        trainer.tcfg.limit_train_batches, trainer.state.batch = k, 0
         trainer.train_epoch(epoch)  # ends with a device synchronisation on CUDA
 
     for epoch in range(3):  # compilation, autotuning, CUDA graph recording

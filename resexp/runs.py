@@ -13,54 +13,32 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from resexp.ranks import is_main_process
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunPaths:
     root: Path
+    checkpoints: Path = field(init=False)
+    best: Path = field(init=False)
+    last: Path = field(init=False)
+    metrics: Path = field(init=False)
+    config: Path = field(init=False)  # the composed config (Hydra's record; resume=auto compares it)
+    overrides: Path = field(init=False)
+    data_split: Path = field(init=False)
+    tensorboard: Path = field(init=False)
+    error_log: Path = field(init=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "root", Path(self.root))
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def best(self) -> Path:
-        return self.checkpoints / "best.pt"
-
-    @property
-    def last(self) -> Path:
-        return self.checkpoints / "last.pt"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.json"
-
-    @property
-    def config(self) -> Path:
-        return self.root / ".hydra" / "config.yaml"
-
-    @property
-    def overrides(self) -> Path:
-        return self.root / ".hydra" / "overrides.yaml"
-
-    @property
-    def data_split(self) -> Path:
-        return self.root / "data_split.json"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tb"
-
-    @property
-    def error_log(self) -> Path:
-        return self.root / "error.log"
+        self.root = Path(self.root)
+        self.checkpoints = self.root / "checkpoints"
+        self.best, self.last = self.checkpoints / "best.pt", self.checkpoints / "last.pt"
+        self.metrics, self.data_split = self.root / "metrics.json", self.root / "data_split.json"
+        self.config, self.overrides = self.root / ".hydra" / "config.yaml", self.root / ".hydra" / "overrides.yaml"
+        self.tensorboard, self.error_log = self.root / "tb", self.root / "error.log"
 
     def report_file(self, name: str) -> Path:
         """One of the run report's files (curves.png, model.json, ...): they sit at the top level."""
@@ -80,6 +58,16 @@ class RunFacts:
     mean: list[float] | None
     std: list[float] | None
     params: int | None
+
+    @classmethod
+    def from_data(cls, name: str, info, params: int, num_classes: int | None = None,
+                  in_channels: int | None = None) -> RunFacts:
+        """A network built for a data set (`info`: its DataInfo); the model config's class count and
+        channels, when set, win over the data's."""
+        return cls(name=name, num_classes=int(num_classes or info.num_classes),
+                   in_channels=int(in_channels or info.in_channels), image_size=info.image_size,
+                   class_names=list(info.class_names), mean=list(info.mean) if info.mean else None,
+                   std=list(info.std) if info.std else None, params=params)
 
     @classmethod
     def from_dict(cls, meta: dict) -> RunFacts:

@@ -53,9 +53,7 @@ def build_trainer(overrides: list[str]):
     info = data.info
     model = build_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels,
                         image_size=info.image_size)
-    facts = RunFacts(name=cfg.model.name, num_classes=info.num_classes, in_channels=info.in_channels,
-                     image_size=info.image_size, class_names=list(info.class_names), mean=None, std=None,
-                     params=sum(p.numel() for p in model.parameters()))
+    facts = RunFacts.from_data(cfg.model.name, info, params=sum(p.numel() for p in model.parameters()))
     return Trainer(cfg, model, data, env, Path(tempfile.mkdtemp()), facts)
 
 

@@ -108,12 +108,7 @@ def build(cfg: DictConfig, env: Env, finetune: bool) -> tuple[DictConfig, object
                               f"trainer.finetune_from={finetune_from}")
         if env.is_main:
             log.info(f"fine-tuning from {finetune_from}; freshly initialised: {', '.join(fresh) or 'none'}")
-    facts = RunFacts(
-        name=cfg.model.name, num_classes=int(cfg.model.num_classes or info.num_classes),
-        in_channels=int(cfg.model.in_channels or info.in_channels), image_size=info.image_size,
-        class_names=list(info.class_names), mean=list(info.mean) if info.mean else None,
-        std=list(info.std) if info.std else None, params=count_params(model),
-    )
+    facts = RunFacts.from_data(cfg.model.name, info, count_params(model), cfg.model.num_classes, cfg.model.in_channels)
     run_cfg = OmegaConf.merge(cfg, {"model": {"num_classes": facts.num_classes, "in_channels": facts.in_channels}})
     return run_cfg, data, model, facts
 
