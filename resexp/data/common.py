@@ -9,10 +9,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 
-from resexp.config import DataConfig
+from resexp.config import typed
 from resexp.errors import ConfigError, DataError
 
 ON_BAD_FILE = ("error", "skip")
@@ -24,7 +23,7 @@ _M64 = (1 << 64) - 1
 
 # ----------------------------------------------------------------------------------------- config
 def as_cfg(cfg: Any) -> DictConfig:
-    """The `data` config as a DataConfig-typed DictConfig: defaults filled in, types checked.
+    """The `data` config typed by its set's schema: defaults filled in, types and keys checked.
 
     Accepts the `data` node of a composed run config, a plain dict or None-free mapping. Interpolations
     are resolved first (they may point outside the `data` node); a missing required value (`???`) stays
@@ -36,11 +35,7 @@ def as_cfg(cfg: Any) -> DictConfig:
         plain = cfg
     else:
         raise ConfigError(f"the data config must be a mapping (the `data` node), not {type(cfg).__name__}")
-    try:
-        return OmegaConf.merge(OmegaConf.structured(DataConfig), plain)
-    except OmegaConfBaseException as e:
-        msg = str(e).splitlines()[0]
-        raise ConfigError(f"bad data config: {msg} (see resexp/config.py:DataConfig for the keys)") from None
+    return typed("data", plain)  # the schema of the set it names (resexp/config.py)
 
 
 def is_missing(cfg: DictConfig, key: str) -> bool:

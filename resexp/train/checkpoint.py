@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from resexp.config import saved_config
 from resexp.errors import CheckpointError
 
 
@@ -83,7 +84,7 @@ def find_auto(config: dict, outputs_root: Path, exclude: Path | None = None) -> 
         saved = run_dir / ".hydra" / "config.yaml"
         if (exclude is not None and run_dir == exclude) or not saved.is_file():
             continue
-        if _comparable(OmegaConf.to_container(OmegaConf.load(saved))) == target:
+        if _comparable(saved_config(OmegaConf.to_container(OmegaConf.load(saved)))) == target:
             return path
     return None
 

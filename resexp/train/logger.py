@@ -15,6 +15,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from resexp.config import to_plain
+
 log = logging.getLogger("resexp")
 
 
@@ -92,7 +94,7 @@ class RunLogger:
 
     def hparams(self, cfg, best: dict) -> None:
         if self.writer:
-            params = flatten(OmegaConf.to_container(cfg, resolve=True))
+            params = flatten(to_plain(cfg))  # enums as their strings
             metrics = {f"hparam/{k}": v for k, v in best.items() if isinstance(v, (int, float)) and k != "epoch"}
             self.writer.add_hparams(params, metrics, run_name=".")
 
