@@ -296,8 +296,11 @@ def typed(group: str, node: Mapping) -> DictConfig:
         return OmegaConf.merge(OmegaConf.structured(schema), node)
     except OmegaConfBaseException as e:
         selector = SELECTORS.get(group, "name")
-        owner = f"{group} {selector}={node.get(selector, getattr(schema, selector, None))}"
-        raise ConfigError(one_line(e, prefix=f"{group}.", owner=owner)) from None
+        value = node.get(selector, getattr(schema, selector, None))
+        if value not in SCHEMAS.get(group, {}):  # the name is the mistake, not the keys
+            known = ", ".join(SCHEMAS[group])
+            raise ConfigError(f"unknown {group}.{selector} '{value}'; choose one of: {known}") from None
+        raise ConfigError(one_line(e, prefix=f"{group}.", owner=f"{group} {selector}={value}")) from None
 
 
 def known_keys(group: str, node: Mapping) -> dict:
