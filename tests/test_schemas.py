@@ -211,3 +211,13 @@ def test_an_old_style_saved_config_still_evaluates_and_resumes(run_dir, tmp_path
                  "trainer.epochs=2"]), run_dir=again)
     resumed = json.loads((again / "metrics.json").read_text())["resumed_from"]
     assert resumed.endswith("00-00-00-000001/checkpoints/last.pt")
+
+
+def test_the_python_api_goes_through_the_same_check():
+    from resexp.models import build_model, create
+
+    with pytest.raises(ConfigError, match="^model.stem is not a key of model=lenet5"):
+        create("lenet5", num_classes=10, stem="cifar")
+    with pytest.raises(ConfigError, match="^model.batch_norm is not a key of model arch=resnet"):
+        build_model({"name": "resnet18", "arch": "resnet", "batch_norm": True}, num_classes=10, in_channels=3)
+    assert compose(["hparams_search=digits_optuna"]).trainer.epochs == 5
