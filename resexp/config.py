@@ -407,10 +407,10 @@ def _load_configuration(self, *args, **kwargs):
         return _hydra_load(self, *args, **kwargs)
     except (ConfigCompositionException, OmegaConfBaseException) as e:
         error = CompositionError(one_line(e))
-        error.__cause__ = e
+        error.__cause__ = e  # HYDRA_FULL_ERROR=1 shows Hydra's own error below the line
         for report in _report:
             report(error)
-        raise error from e
+        raise error
 
 
 ConfigLoaderImpl._compose_config_from_defaults_list = _compose_config_from_defaults_list
