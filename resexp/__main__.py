@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from resexp import ranks
 from resexp.cli import exit_with_error
-from resexp.config import conf_dir
+from resexp.config import conf_dir, report_errors
 from resexp.errors import ConfigError, ResexpError
 
 # Hydra plugins resexp has configs for: the option users type -> (module, pip extra)
@@ -76,7 +76,8 @@ def ddp_worker_overrides() -> list[str]:
 def main() -> None:
     check_plugins(sys.argv[1:])
     sys.argv += ddp_worker_overrides()
-    app()
+    with report_errors(exit_with_error):  # a composition error: one line and exit 2, like any user error
+        app()
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from resexp.config import known_keys, saved_config, typed
 from resexp.errors import CheckpointError, ConfigError, DataError
 from resexp.runs import RunFacts, RunPaths
 
@@ -98,9 +99,9 @@ def _saved_config(state: dict, run_dir: Path | None, ckpt: Path) -> dict:
     """The run's config: best.pt's copy, or the run directory's .hydra/config.yaml."""
     config = state.get("config")
     if isinstance(config, dict) and config.get("model") and config.get("data"):
-        return config
+        return saved_config(config)
     if run_dir is not None and RunPaths(run_dir).config.is_file():
-        return OmegaConf.to_container(OmegaConf.load(RunPaths(run_dir).config), resolve=True)
+        return saved_config(OmegaConf.to_container(OmegaConf.load(RunPaths(run_dir).config), resolve=True))
     raise CheckpointError(f"{ckpt} holds no run config and there is no .hydra/config.yaml next to it")
 
 
@@ -108,17 +109,15 @@ def build_for_inference(model_cfg: dict, facts: RunFacts) -> nn.Module:
     """The network the run trained, with no pretrained weights fetched (best.pt supplies them)."""
     from resexp.models import build_model
 
-    model_cfg = {**model_cfg, "pretrained": None}
+    model_cfg = {**known_keys("model", model_cfg), "pretrained": None}  # known: model.json of older runs
     return build_model(model_cfg, num_classes=int(facts.num_classes), in_channels=int(facts.in_channels),
                        image_size=int(facts.image_size))
 
 
 def data_config(config: dict, overrides: Iterable[str] = ()) -> DictConfig:
     """The run's data config (typed), with `data.key=value` overrides applied."""
-    from resexp.config import DataConfig
-
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), config.get("data") or {})
+        cfg = typed("data", config.get("data") or {})
         dotlist = [o[len("data."):] for o in overrides]
         if dotlist:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))

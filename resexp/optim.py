@@ -37,6 +37,8 @@ def _fused(cfg, device: torch.device) -> dict:
 
 @OPTIMIZERS.register("sgd")
 def sgd(groups, cfg, lr, device):
+    if cfg.nesterov and cfg.momentum <= 0:
+        raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0")
     return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **_fused(cfg, device))
 
 
@@ -56,8 +58,6 @@ def scaled_lr(cfg, batch_size: int) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg, *, batch_size: int, device: torch.device) -> torch.optim.Optimizer:
-    if cfg.nesterov and cfg.name == "sgd" and cfg.momentum <= 0:
-        raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0")
     groups = param_groups(model, cfg.weight_decay, cfg.no_decay_norm_bias)
     return OPTIMIZERS.get(cfg.name)(groups, cfg, scaled_lr(cfg, batch_size), device)
 

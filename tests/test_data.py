@@ -26,6 +26,7 @@ from resexp.errors import ConfigError, DataError
 def data_cfg(name: str, **over):
     """conf/data/<name>.yaml with dotted overrides, as the command line would give it."""
     base = OmegaConf.load(conf_dir() / "data" / f"{name}.yaml")
+    base.pop("defaults")  # the schema it names: as_cfg picks it by name
     dots = [f"{k.replace('__', '.')}={'null' if v is None else v}" for k, v in over.items()]
     return OmegaConf.merge(base, OmegaConf.from_dotlist(dots))
 
@@ -341,7 +342,9 @@ def test_unknown_policy_and_bad_choices():
     with pytest.raises(ConfigError, match="trivialaugment, randaugment"):
         build_data(data_cfg("synthetic", augment__policy="autoaugment"))
     with pytest.raises(ConfigError, match="error, skip"):
-        build_data(data_cfg("synthetic", on_bad_file="ignore"))
+        build_data(folder_cfg("/nonexistent", on_bad_file="ignore"))
+    with pytest.raises(ConfigError, match="data.on_bad_file is not a key of data name=synthetic"):
+        build_data(data_cfg("synthetic", on_bad_file="skip"))
     with pytest.raises(ConfigError, match="auto, memory, stream"):
         build_data(data_cfg("synthetic", loader="disk"))
     with pytest.raises(ConfigError, match="choose one of: .*digits"):

@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from resexp.config import ModelConfig, compose, conf_dir
+from resexp.config import compose, conf_dir, schema_of, typed
 from resexp.errors import ConfigError
 from resexp.models.baselines import VGG13, LeNet5
 from resexp.models.blocks import BLOCKS
@@ -42,31 +42,23 @@ def _resnet(cfg: DictConfig, num_classes: int, in_channels: int, image_size: int
                   drop_rate=cfg.drop_rate)
 
 
-def _no_resnet_keys(cfg: DictConfig) -> None:
-    for key in ("block", "stages"):
-        if cfg[key] is not None:
-            raise ConfigError(f"model.{key} is only for arch resnet, not {cfg.arch}")
-
-
 @ARCHS.register("lenet5")
 def _lenet5(cfg: DictConfig, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    _no_resnet_keys(cfg)
     return LeNet5(num_classes, in_channels, image_size, batch_norm=cfg.batch_norm, drop_rate=cfg.drop_rate)
 
 
 @ARCHS.register("vgg13")
 def _vgg13(cfg: DictConfig, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    _no_resnet_keys(cfg)
     return VGG13(num_classes, in_channels, batch_norm=cfg.batch_norm, drop_rate=cfg.drop_rate)
 
 
 def _typed(cfg: Any) -> DictConfig:
-    """The model config checked against ModelConfig (composed configs already are)."""
-    if isinstance(cfg, DictConfig) and OmegaConf.get_type(cfg) is ModelConfig:
+    """The model config checked against its arch's schema (composed configs already are)."""
+    if isinstance(cfg, DictConfig) and OmegaConf.get_type(cfg) is schema_of("model", cfg):
         return cfg
     if is_dataclass(cfg) and not isinstance(cfg, type):
         return OmegaConf.structured(cfg)
-    return OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg)
+    return typed("model", cfg)
 
 
 def build_model(cfg: Any, *, num_classes: int | None = None, in_channels: int | None = None,

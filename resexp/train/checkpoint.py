@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from resexp.config import saved_config
 from resexp.errors import CheckpointError
 from resexp.runs import RunFacts, RunPaths
 from resexp.train.environment import rng_state, set_rng_state
@@ -92,7 +93,7 @@ def find_auto(config: dict, outputs_root: Path, exclude: Path | None = None) -> 
         saved = RunPaths(run_dir).config
         if (exclude is not None and run_dir == exclude) or not saved.is_file():
             continue
-        if _comparable(OmegaConf.to_container(OmegaConf.load(saved))) == target:
+        if _comparable(saved_config(OmegaConf.to_container(OmegaConf.load(saved)))) == target:
             return path
     return None
 

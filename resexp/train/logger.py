@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from resexp.config import to_plain
 from resexp.runs import RunPaths
 
 log = logging.getLogger("resexp")
@@ -80,7 +81,7 @@ class RunLogger:
 
     def hparams(self, cfg, best: dict) -> None:
         if self.writer:
-            params = flatten(OmegaConf.to_container(cfg, resolve=True))
+            params = flatten(to_plain(cfg))  # enums as their strings
             metrics = {f"hparam/{k}": v for k, v in best.items() if isinstance(v, (int, float)) and k != "epoch"}
             self.writer.add_hparams(params, metrics, run_name=".")
 

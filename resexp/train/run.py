@@ -51,8 +51,9 @@ def check_choices(cfg: DictConfig, device: torch.device) -> None:
     if not is_missing(cfg.data, "name"):  # a missing name gets its own message from build_data
         DATASETS.get(cfg.data.name)
     ARCHS.get(cfg.model.arch)
-    STEMS.get(cfg.model.stem)
-    if cfg.model.block is not None:
+    if "stem" in cfg.model:  # resnets only
+        STEMS.get(cfg.model.stem)
+    if cfg.model.get("block") is not None:
         BLOCKS.get(cfg.model.block.name)
     OPTIMIZERS.get(cfg.optimizer.name)
     SCHEDULERS.get(cfg.scheduler.name)
