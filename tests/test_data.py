@@ -103,7 +103,7 @@ def test_registry_and_presets():
 
 
 def test_digits_counts_shapes_and_stratified_split(digits):
-    assert digits.info.num_classes == 10 and digits.info.in_channels == 1 and digits.info.image_size == 16
+    assert digits.info.num_classes == 10 and digits.info.in_channels == 1 and digits.info.image_size == 8
     assert digits.train.num_samples + digits.val.num_samples == 1797
     assert digits.val.num_samples == 359 and digits.test is None  # round(0.2 * 1797)
     val_y = torch.cat([y for _, y in digits.val])
@@ -113,7 +113,7 @@ def test_digits_counts_shapes_and_stratified_split(digits):
     full = torch.bincount(torch.as_tensor(load_digits().target), minlength=10)
     assert ((counts.float() - 0.2 * full).abs() <= 1).all()
     x, y = next(iter(digits.train))
-    assert x.shape == (64, 1, 16, 16) and x.dtype == torch.float32 and x.device.type == "cpu"
+    assert x.shape == (64, 1, 8, 8) and x.dtype == torch.float32 and x.device.type == "cpu"
     assert y.dtype == torch.int64 and y.shape == (64,)
     assert isinstance(digits.train, Loader) and isinstance(digits.val, Loader)
     assert len(digits.train) == -(-digits.train.num_samples // 64)
@@ -398,7 +398,7 @@ def test_preprocess_image_matches_eval_path(folder):
     big = Image.fromarray(np.full((300, 200), 128, dtype=np.uint8), "L")
     assert preprocess_image(big, cfg).shape == (3, 24, 24)
     d = preprocess_image(Image.new("RGB", (8, 8), (255, 255, 255)), data_cfg("digits"))
-    assert d.shape == (1, 16, 16) and torch.allclose(d, torch.full_like(d, (1 - 0.3055) / 0.3186))
+    assert d.shape == (1, 8, 8) and torch.allclose(d, torch.full_like(d, (1 - 0.3055) / 0.376))
 
 
 def test_preprocess_image_needs_no_data_files(tmp_path):
