@@ -20,8 +20,10 @@ from pathlib import Path
 
 import torch
 
+from resexp.cli import run_command
+from resexp.data.images import image_files
 from resexp.errors import ConfigError, DataError, ResexpError
-from resexp.inference import LoadedRun, Option, cli, image_files, load_run, parse_args
+from resexp.inference import LoadedRun, Option, load_run, parse_args
 
 OPTIONS = {
     "run": Option(None, "run directory (holds checkpoints/best.pt) or a best.pt file", required=True),
@@ -211,4 +213,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    cli(main)
+    run_command(main)

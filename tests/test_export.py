@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from resexp import export
+from resexp.cli import run_command
 from resexp.config import compose
 from resexp.errors import ConfigError, ResexpError
-from resexp.inference import cli, load_run
+from resexp.inference import load_run
 from resexp.train import run
 
 ort = pytest.importorskip("onnxruntime")
@@ -73,7 +74,7 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.setattr(sys, "argv", ["resexp.export", *args])
     with pytest.raises(SystemExit) as e:
-        cli(export.main)
+        run_command(export.main)
     return e.value.code, capsys.readouterr().err
 
 
