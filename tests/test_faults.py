@@ -1,0 +1,81 @@
+"""Faults found by using resexp as a hostile user would: each test failed before its fix."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resexp.data import DATASETS
+from resexp.data.images import list_images
+from resexp.errors import DataError
+
+
+# ------------------------------------------------------------------------- links in image folders
+def make_images(root: Path, classes=("a", "b"), per_class=8) -> Path:
+    for label, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            a = np.full((8, 8, 3), 20 * i, dtype=np.uint8)
+            a[..., label] = 255
+            Image.fromarray(a).save(root / c / f"{i}.png")
+    return root
+
+
+def test_a_link_loop_in_a_class_folder_is_skipped_with_a_warning(tmp_path, caplog):
+    root = make_images(tmp_path / "imgs")
+    os.symlink("..", root / "a" / "loop")  # a/loop -> the root: b's images again, under a
+    with caplog.at_level(logging.WARNING, logger="resexp.data"):
+        names, files = list_images(root, "image_folder")
+    assert names == ["a", "b"]
+    assert len(files) == 16
+    assert all(label == (0 if path.startswith("a/") else 1) for path, label in files)
+    assert any("skipping linked folder" in r.message and str(root / "a" / "loop") in r.message
+               for r in caplog.records), caplog.text
+
+
+def test_the_loop_does_not_reach_the_split(tmp_path):
+    root = make_images(tmp_path / "imgs")
+    os.symlink("..", root / "a" / "loop")
+    cfg = {"name": "image_folder", "root": str(root), "val_split": 0.25, "image_size": 8}
+    from resexp.config import typed
+
+    split = DATASETS.get("image_folder").load(typed("data", cfg), seed=0).split
+    assert len(split["train"]) + len(split["val"]) == 16
+    assert not [p for p in split["train"] + split["val"] if "loop" in p]
+
+
+def test_a_folder_or_file_reached_twice_through_links_is_counted_once(tmp_path):
+    root = make_images(tmp_path / "imgs")
+    outside = make_images(tmp_path / "outside", classes=("x",), per_class=3) / "x"
+    os.symlink(outside, root / "a" / "extra1")
+    os.symlink(outside, root / "a" / "extra2")  # the same real folder again
+    os.symlink(root / "b" / "0.png", root / "b" / "copy.png")  # one file, two names
+    names, files = list_images(root, "image_folder")
+    assert sum(label == 0 for _, label in files) == 8 + 3
+    assert sum(label == 1 for _, label in files) == 8
+
+
+def test_a_class_folder_linked_to_another_is_an_error_naming_both(tmp_path):
+    root = make_images(tmp_path / "imgs")
+    os.symlink(root / "a", root / "c")
+    with pytest.raises(DataError) as e:
+        list_images(root, "image_folder")
+    assert str(root / "c") in str(e.value) and str(root / "a") in str(e.value)
+
+
+def test_a_class_without_validation_images_is_named_in_a_warning(tmp_path, caplog):
+    root = make_images(tmp_path / "imgs", per_class=8)
+    for i in range(1, 8):
+        (root / "b" / f"{i}.png").unlink()  # one image: it stays in training
+    from resexp.config import typed
+
+    cfg = typed("data", {"name": "image_folder", "root": str(root), "val_split": 0.25, "image_size": 8})
+    with caplog.at_level(logging.WARNING, logger="resexp.data"):
+        DATASETS.get("image_folder").load(cfg, seed=0)
+    assert any("no validation image" in r.message and "b" in r.message.split("under")[0]
+               for r in caplog.records), caplog.text
