@@ -25,6 +25,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from resexp.errors import RunDirError
 from resexp.ranks import is_main_process
 from resexp.runs import RunPaths, write_metrics
 
@@ -81,6 +82,10 @@ def run_sweep_job(cfg, run: Callable[..., float]) -> float:
             write_metrics(run_dir, requeued, merge=True)
             raise
         failure = e
+    except RunDirError as e:  # the job's directory holds an earlier job: record nothing over it
+        if is_main_process():
+            log.error(f"job #{num} refused: {e}; the sweep goes on")
+        return float("nan")
     except Exception as e:  # noqa: BLE001 - any failure of one job is recorded; the sweep goes on
         failure = e
     else:

@@ -79,3 +79,44 @@ def test_a_class_without_validation_images_is_named_in_a_warning(tmp_path, caplo
         DATASETS.get("image_folder").load(cfg, seed=0)
     assert any("no validation image" in r.message and "b" in r.message.split("under")[0]
                for r in caplog.records), caplog.text
+
+
+# ----------------------------------------------------------------------------- run directory reuse
+BASE = ["model=resnet20", "trainer.epochs=1", "trainer.device=cpu", "trainer.report=false",
+        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.progress=false"]
+
+
+def test_a_second_run_into_a_used_run_directory_is_refused_before_writing(tmp_path, in_process, capsys):
+    d = tmp_path / "run"
+    # a launch that fails before training leaves only Hydra's .hydra/ and log file: not an earlier run
+    assert in_process(tmp_path, *BASE, "data=image_folder", "data.root=/nonexistent", f"hydra.run.dir={d}") == 2
+    assert in_process(tmp_path, *BASE, f"hydra.run.dir={d}") == 0
+    before = {p: p.read_bytes() for p in (d / "metrics.json", d / "checkpoints" / "best.pt",
+                                          d / ".hydra" / "config.yaml")}
+    events = sorted((d / "tb").iterdir())
+    capsys.readouterr()
+
+    assert in_process(tmp_path, *BASE, "model=resnet32", f"hydra.run.dir={d}") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(d) in err[0] and f"trainer.resume={d}" in err[0] and "hydra.run.dir" in err[0], err
+    assert {p: p.read_bytes() for p in before} == before  # the earlier run's records, Hydra's included
+    assert sorted((d / "tb").iterdir()) == events
+
+    assert in_process(tmp_path, *BASE, "trainer.epochs=2", f"trainer.resume={d}", f"hydra.run.dir={d}") == 0
+    import json
+
+    assert json.loads((d / "metrics.json").read_text())["last"]["epoch"] == 2
+
+
+def test_the_python_api_refuses_a_used_run_directory_too(tmp_path):
+    from resexp.config import compose
+    from resexp.errors import RunDirError
+    from resexp.train import run
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "best.pt").write_bytes(b"earlier")
+    with pytest.raises(RunDirError, match="already holds a run"):
+        run(compose(BASE), run_dir=tmp_path)
+    assert (tmp_path / "checkpoints" / "best.pt").read_bytes() == b"earlier"
+    assert not (tmp_path / "data_split.json").exists() and not (tmp_path / "tb").exists()
+

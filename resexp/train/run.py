@@ -21,7 +21,7 @@ from resexp.models.pretrained import check_pretrained, existing_file, load_backb
 from resexp.models.summary import count_params
 from resexp.optim import OPTIMIZERS, SCHEDULERS
 from resexp.reports.run import write_run_report
-from resexp.runs import RunFacts, RunPaths
+from resexp.runs import RunFacts, RunPaths, check_run_dir_free
 from resexp.train import checkpoint
 from resexp.train.environment import Env, autocast, configure_determinism, seed_everything, setup, shared_run_dir
 from resexp.train.evaluation import final_evaluation
@@ -70,6 +70,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
     env = setup(cfg.trainer)
     check_choices(cfg, env.device)
     paths = RunPaths(shared_run_dir(run_dir, env))  # DDP: every rank works in rank 0's directory
+    if env.is_main:
+        check_run_dir_free(paths.root, cfg.trainer.resume)
     seed_everything(cfg.seed)
     configure_determinism(cfg.trainer.deterministic, env.device)
 
