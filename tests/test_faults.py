@@ -120,3 +120,24 @@ def test_the_python_api_refuses_a_used_run_directory_too(tmp_path):
     assert (tmp_path / "checkpoints" / "best.pt").read_bytes() == b"earlier"
     assert not (tmp_path / "data_split.json").exists() and not (tmp_path / "tb").exists()
 
+
+# ------------------------------------------------------------------- temporaries left by kill -9
+def test_temporary_checkpoints_left_by_a_kill_are_removed_when_the_run_resumes(tmp_path):
+    from resexp.config import compose
+    from resexp.train import run
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(compose(BASE), run_dir=a)
+    old, fresh = a / "checkpoints" / ".last.pt.k1ll3d_x.tmp", a / "checkpoints" / ".last.pt.w0rk1ng_.tmp"
+    others = [a / "checkpoints" / name for name in (".notes.tmp", "last.pt.tmp", ".last.pt.tmp", ".other.pt.abcdefgh.tmp")]
+    for p in (old, fresh, *others):
+        p.write_bytes(b"x" * 1000)
+    os.utime(old, (1, 1))  # killed long ago; `fresh` may be a save of a run still going
+    run(compose([*BASE, "trainer.epochs=2", f"trainer.resume={a}"]), run_dir=b)
+    assert not old.exists() and fresh.exists() and all(p.exists() for p in others)
+
+    orphan = b / "checkpoints" / ".best.pt.a1b2c3d4.tmp"  # the run continued in its own directory
+    orphan.write_bytes(b"x" * 1000)
+    run(compose([*BASE, "trainer.epochs=3", "trainer.resume=auto"]), run_dir=b)
+    assert not orphan.exists()
+    assert sorted(p.name for p in (b / "checkpoints").iterdir()) == ["best.pt", "last.pt"]

@@ -11,8 +11,11 @@ one from an untrusted source cannot run code.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +28,23 @@ from resexp.runs import RunFacts, RunPaths
 from resexp.train.environment import rng_state, set_rng_state
 from resexp.train.state import TrainingState
 
+log = logging.getLogger("resexp")
+
+
+# atomic_save's temporary files: `.<name>.<mkstemp's 8 random characters>.tmp`
+TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"
+_TEMP_NAME = re.compile(r"^\.(best|last)\.pt\.[a-z0-9_]{8}\.tmp$")
+
 
 def atomic_save(obj: dict, path: Path) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over `path`.
 
     A kill during the write leaves the previous file intact; a failed write (full disk, no
-    permission) raises and removes the temporary file.
+    permission) raises and removes the temporary file. A kill -9 leaves the temporary file behind:
+    `remove_stale_temporaries` clears it when a run next starts or resumes there.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -48,6 +59,28 @@ def atomic_save(obj: dict, path: Path) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+# a temporary file untouched this long is no save in progress (a save writes it continuously)
+FOREIGN_TEMP_AGE_S = 600
+
+
+def remove_stale_temporaries(folder: Path, min_age_s: float = 0) -> list[Path]:
+    """Delete the temporary checkpoint files a killed run left in `folder` (only atomic_save's own
+    names for best.pt and last.pt: each is a full-size checkpoint). In the run's own folder, before
+    it writes, any such file is stale (min_age_s=0); in another run's folder, which may still be
+    running, only those older than `min_age_s`."""
+    removed = []
+    now = time.time()
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if _TEMP_NAME.match(p.name) and p.is_file() and not p.is_symlink() and \
+                    now - p.stat().st_mtime >= min_age_s:
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    if removed:
+        log.info(f"removed {len(removed)} temporary checkpoint file(s) left by a killed run in {folder}")
+    return removed
 
 
 def load(path: str | Path, map_location="cpu") -> dict:
@@ -124,6 +157,8 @@ class Checkpoints:
 
     def __init__(self, paths: RunPaths, config: dict, facts: RunFacts, write: bool):
         self.paths, self.write = paths, write
+        if write:  # a run continued in its own directory (resume=auto after a kill -9)
+            remove_stale_temporaries(paths.checkpoints)
         self.common = {"config": config, "meta": facts.as_dict()}  # what inference rebuilds the run from
 
     def save_best(self, model: torch.nn.Module, best: dict) -> None:
@@ -138,6 +173,9 @@ class Checkpoints:
 
     def resume(self, path: Path, parts: dict[str, Any], state: TrainingState, device: torch.device) -> None:
         """Continue from a last.pt: every part, the training state and the RNG states."""
+        source = Path(path).parent
+        if self.write and source.resolve() != self.paths.checkpoints.resolve():  # the run continued, elsewhere
+            remove_stale_temporaries(source, min_age_s=FOREIGN_TEMP_AGE_S)
         saved = load(path, map_location=device)
         if "optimizer" not in saved:
             raise CheckpointError(f"{path} is not a last.pt training checkpoint (no optimizer state)")
