@@ -129,7 +129,8 @@ def test_temporary_checkpoints_left_by_a_kill_are_removed_when_the_run_resumes(t
     a, b = tmp_path / "a", tmp_path / "b"
     run(compose(BASE), run_dir=a)
     old, fresh = a / "checkpoints" / ".last.pt.k1ll3d_x.tmp", a / "checkpoints" / ".last.pt.w0rk1ng_.tmp"
-    others = [a / "checkpoints" / name for name in (".notes.tmp", "last.pt.tmp", ".last.pt.tmp", ".other.pt.abcdefgh.tmp")]
+    others = [a / "checkpoints" / name
+              for name in (".notes.tmp", "last.pt.tmp", ".last.pt.tmp", ".other.pt.abcdefgh.tmp")]
     for p in (old, fresh, *others):
         p.write_bytes(b"x" * 1000)
     os.utime(old, (1, 1))  # killed long ago; `fresh` may be a save of a run still going
@@ -141,3 +142,75 @@ def test_temporary_checkpoints_left_by_a_kill_are_removed_when_the_run_resumes(t
     run(compose([*BASE, "trainer.epochs=3", "trainer.resume=auto"]), run_dir=b)
     assert not orphan.exists()
     assert sorted(p.name for p in (b / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+
+
+# ------------------------------------------------------------------ values and files: one line each
+@pytest.mark.parametrize("args, expected", [
+    (["optimizer.lr=-1"], "optimizer.lr=-1.0 must be >= 0"),
+    (["optimizer.weight_decay=-1"], "optimizer.weight_decay=-1.0 must be >= 0"),
+    (["trainer.label_smoothing=2"], "trainer.label_smoothing=2.0 must be in [0, 1)"),
+    (["trainer.grad_clip=-1"], "trainer.grad_clip=-1.0 must be > 0"),
+    (["model=resnet50", "data.image_size=3"], "data.image_size=3 is too small for model=resnet50: its imagenet "
+                                              "stem shrinks the map 4x (32x in all), so it needs data.image_size >= 8"),
+])
+def test_out_of_range_values_are_one_line_before_any_data_is_read(tmp_path, in_process, capsys, args, expected):
+    # data.root does not exist: the value must be caught before the data set is looked at
+    code = in_process(tmp_path, *BASE, "data=image_folder", "data.root=/nonexistent", *args,
+                      f"hydra.run.dir={tmp_path / 'run'}")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"error: {err[0].removeprefix('error: ')}"] and expected in err[0], err
+
+
+def _one_line_error(main, argv, monkeypatch, capsys) -> str:
+    """`python -m <command> argv` in-process through the shared wrapper: its single stderr line."""
+    from resexp.cli import run_command
+
+    monkeypatch.setattr("sys.argv", ["resexp", *argv])
+    with pytest.raises(SystemExit) as e:
+        run_command(main)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(lines) == 1, lines
+    return lines[0]
+
+
+def test_files_that_are_not_checkpoints_are_one_line_naming_file_and_fault(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from resexp import evaluate, predict
+
+    image = tmp_path / "x.png"
+    Image.new("L", (8, 8)).save(image)
+    five = tmp_path / "five" / "checkpoints" / "best.pt"
+    five.parent.mkdir(parents=True)
+    torch.save(5, five)
+    for main, extra in ((evaluate.main, []), (predict.main, [f"input={image}"])):
+        line = _one_line_error(main, [f"run={five}", *extra], monkeypatch, capsys)
+        assert f"{five} is not a resexp checkpoint (missing: model, meta" in line, line
+    partial = tmp_path / "partial.pt"
+    torch.save({"model": {}, "meta": {"name": "resnet20"}}, partial)
+    line = _one_line_error(evaluate.main, [f"run={partial}"], monkeypatch, capsys)
+    assert "missing: meta.num_classes, meta.in_channels, meta.image_size" in line, line
+
+    code = tmp_path / "code.pt"
+    torch.save({"model": {}, "meta": {}, "hook": print}, code)
+    line = _one_line_error(evaluate.main, [f"run={code}"], monkeypatch, capsys)
+    assert f"{code} holds code or objects resexp will not load (print)" in line and "weights_only" not in line
+
+
+def test_unreadable_last_pt_and_empty_pretrained_file_are_one_line(tmp_path):
+    from resexp.config import compose
+    from resexp.errors import CheckpointError
+    from resexp.models.pretrained import read_state_dict
+    from resexp.train import run
+
+    last = tmp_path / "old" / "checkpoints" / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(CheckpointError) as e:
+        run(compose([*BASE, f"trainer.resume={tmp_path / 'old'}"]), run_dir=tmp_path / "new")
+    assert str(e.value).startswith(f"{last} is not a checkpoint file (unreadable: ") and "\n" not in str(e.value)
+
+    empty = tmp_path / "w.pt"
+    empty.touch()
+    with pytest.raises(CheckpointError, match=r"^model.pretrained: .*w.pt: empty file \(0 bytes"):
+        read_state_dict(empty)

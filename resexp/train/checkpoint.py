@@ -26,7 +26,7 @@ from resexp.config import saved_config
 from resexp.errors import CheckpointError
 from resexp.runs import RunFacts, RunPaths
 from resexp.train.environment import rng_state, set_rng_state
-from resexp.train.state import TrainingState
+from resexp.train.state import STATE_KEYS, TrainingState
 
 log = logging.getLogger("resexp")
 
@@ -83,14 +83,51 @@ def remove_stale_temporaries(folder: Path, min_age_s: float = 0) -> list[Path]:
     return removed
 
 
-def load(path: str | Path, map_location="cpu") -> dict:
+def read(path: str | Path, map_location="cpu") -> Any:
+    """A torch file's contents, read with weights_only=True (no pickled code runs); what is wrong
+    with a file that cannot be read is one line naming it (PyTorch's own message is a page, and
+    suggests loading with weights_only=False, which would run whatever code the file holds)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes; an interrupted copy or download?)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - every failure to unpickle means the same to a user
+        text = str(e)
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if code:
+            raise CheckpointError(
+                f"{path} holds code or objects resexp will not load ({code[1]}): a checkpoint must hold only "
+                "tensors and plain values; use one that resexp wrote, or save the weights alone as a state dict"
+            ) from None
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+        reason = detail[1] if detail else (text.strip().splitlines() or [""])[0].split(". ")[0]
+        raise CheckpointError(f"{path} is not a checkpoint file (unreadable: {type(e).__name__}: "
+                              f"{reason[:200]})") from None
+
+
+# what resexp needs in each kind of checkpoint (older ones have all of it too)
+BEST_NEEDS = ("model", "meta")
+META_NEEDS = ("num_classes", "in_channels", "image_size")
+LAST_NEEDS = ("model", "optimizer", "scheduler", "rng", *STATE_KEYS)
+DICT_ENTRIES = ("model", "meta", "optimizer", "scheduler", "rng")  # anything else there is as good as missing
+
+
+def load(path: str | Path, map_location="cpu", needs: tuple[str, ...] = ()) -> dict:
+    """A resexp checkpoint: a dict holding at least `needs` (and under `meta`, when needed, the
+    network's facts); anything else is an error naming the file and what it lacks."""
+    state = read(path, map_location)
+    has = state if isinstance(state, dict) else {}
+    missing = [k for k in needs if k not in has or (k in DICT_ENTRIES and not isinstance(has[k], dict))]
+    if "meta" in needs and isinstance(has.get("meta"), dict):
+        missing += [f"meta.{k}" for k in META_NEEDS if has["meta"].get(k) is None]
+    if not isinstance(state, dict) or missing:
+        held = "" if isinstance(state, dict) else f"; it holds a value of type {type(state).__name__}, not a dict"
+        raise CheckpointError(f"{path} is not a resexp checkpoint "
+                              f"(missing: {', '.join(missing) or 'everything'}{held})")
+    return state
 
 
 def resolve(resume: str, outputs_root: Path) -> Path:
@@ -176,9 +213,7 @@ class Checkpoints:
         source = Path(path).parent
         if self.write and source.resolve() != self.paths.checkpoints.resolve():  # the run continued, elsewhere
             remove_stale_temporaries(source, min_age_s=FOREIGN_TEMP_AGE_S)
-        saved = load(path, map_location=device)
-        if "optimizer" not in saved:
-            raise CheckpointError(f"{path} is not a last.pt training checkpoint (no optimizer state)")
+        saved = load(path, map_location=device, needs=LAST_NEEDS)
         check_compatible(saved["model"], parts["model"], path)
         for name, part in parts.items():
             if part is not None and saved.get(name) is not None:  # a run without EMA saved ema=None

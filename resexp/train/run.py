@@ -16,10 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from resexp.config import to_plain
 from resexp.data import DATASETS, build_data
 from resexp.data.common import is_missing
-from resexp.models import ARCHS, BLOCKS, STEMS, build_model
+from resexp.models import ARCHS, BLOCKS, STEMS, build_model, check_image_size
 from resexp.models.pretrained import check_pretrained, existing_file, load_backbone, read_state_dict
 from resexp.models.summary import count_params
-from resexp.optim import OPTIMIZERS, SCHEDULERS
+from resexp.optim import OPTIMIZERS, SCHEDULERS, check_optimizer
 from resexp.reports.run import write_run_report
 from resexp.runs import RunFacts, RunPaths, check_run_dir_free
 from resexp.train import checkpoint
@@ -56,8 +56,10 @@ def check_choices(cfg: DictConfig, device: torch.device) -> None:
     if cfg.model.get("block") is not None:
         BLOCKS.get(cfg.model.block.name)
     OPTIMIZERS.get(cfg.optimizer.name)
+    check_optimizer(cfg.optimizer)
     SCHEDULERS.get(cfg.scheduler.name)
     check_trainer(cfg.trainer)
+    check_image_size(cfg.model, cfg.data.image_size)
     autocast(device, cfg.trainer.precision)
     if cfg.model.pretrained:
         check_pretrained(cfg.model.pretrained, cfg.model.name, cfg.model.arch)
