@@ -108,6 +108,19 @@ def test_a_second_run_into_a_used_run_directory_is_refused_before_writing(tmp_pa
     assert json.loads((d / "metrics.json").read_text())["last"]["epoch"] == 2
 
 
+def test_a_sweep_rerun_into_its_directory_leaves_the_earlier_jobs_as_they_were(tmp_path, in_process, capsys):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *BASE, "trainer.report=false", "seed=0", f"hydra.sweep.dir={sweep}"]
+    assert in_process(tmp_path, *args) == 0
+    before = (sweep / "0" / "metrics.json").read_text()
+    capsys.readouterr()
+    assert in_process(tmp_path, *args) == 1
+    err = capsys.readouterr().err
+    assert "1 sweep job(s) were not run: #0: run directory" in err, err
+    assert (sweep / "0" / "metrics.json").read_text() == before
+    assert not (sweep / "0" / "error.log").exists()
+
+
 def test_the_python_api_refuses_a_used_run_directory_too(tmp_path):
     from resexp.config import compose
     from resexp.errors import RunDirError
