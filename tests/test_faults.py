@@ -227,3 +227,12 @@ def test_unreadable_last_pt_and_empty_pretrained_file_are_one_line(tmp_path):
     empty.touch()
     with pytest.raises(CheckpointError, match=r"^model.pretrained: .*w.pt: empty file \(0 bytes"):
         read_state_dict(empty)
+
+
+def test_a_class_folder_linked_inside_another_is_an_error_naming_both(tmp_path):
+    root = make_images(tmp_path / "imgs")
+    (root / "a" / "sub").mkdir()
+    (root / "a" / "0.png").rename(root / "a" / "sub" / "0.png")
+    os.symlink(root / "a" / "sub", root / "c")
+    with pytest.raises(DataError, match=f"class folder {root / 'c'} is a folder inside class folder {root / 'a'} "):
+        list_images(root, "image_folder")

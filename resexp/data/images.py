@@ -131,14 +131,22 @@ def class_folders(root: Path, set_name: str) -> list[str]:
 def _check_distinct(root: Path, names: list[str]) -> None:
     """A class folder that is (a link to) another class folder, or to a folder inside one, would be a
     silent copy of that class under a second label."""
+    owner: dict[str, str] = {}  # real path -> the first class folder there
     real = {n: os.path.realpath(root / n) for n in names}
-    for a in names:
-        for b in names:
-            if a != b and _within(real[a], real[b]) and (real[a] != real[b] or a > b):
-                what = "the same folder as" if real[a] == real[b] else "a folder inside"
+    for name in names:
+        if real[name] in owner:
+            other = owner[real[name]]
+            raise DataError(
+                f"class folders {root / other} and {root / name} are the same folder ({real[name]}): its images "
+                f"would be counted under two classes; remove the link or give each class its own images"
+            )
+        owner[real[name]] = name
+    for name in names:
+        for parent in Path(real[name]).parents:  # a few levels: no pairwise comparison of all classes
+            if str(parent) in owner:
                 raise DataError(
-                    f"class folder {root / a} is {what} class folder {root / b} ({real[a]}): the images would "
-                    f"be counted under two classes; remove the link {root / a} or give it its own images"
+                    f"class folder {root / name} is a folder inside class folder {root / owner[str(parent)]} "
+                    f"({real[name]}): its images would be counted under two classes; remove the link"
                 )
 
 
