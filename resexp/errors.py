@@ -19,3 +19,7 @@ class DataError(ResexpError):
 
 class CheckpointError(ResexpError):
     """A checkpoint that does not fit the run: another architecture, class count, or unreadable."""
+
+
+class RunDirError(ResexpError):
+    """A run directory that already holds an earlier run, which a new run would overwrite."""

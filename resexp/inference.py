@@ -134,9 +134,7 @@ def load_run(run: str | Path, device: str | torch.device = "cpu", data_overrides
 
     device = device if isinstance(device, torch.device) else resolve_device(str(device))
     run_dir, ckpt = find_checkpoint(run)
-    state = checkpoint.load(ckpt, map_location="cpu")
-    if "model" not in state or "meta" not in state:
-        raise CheckpointError(f"{ckpt} is not a resexp best.pt (no 'model' / 'meta' entries)")
+    state = checkpoint.load(ckpt, map_location="cpu", needs=checkpoint.BEST_NEEDS)
     config = _saved_config(state, run_dir, ckpt)
     facts = RunFacts.from_dict(state["meta"])
     model = build_for_inference(config["model"], facts)

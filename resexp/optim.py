@@ -52,6 +52,15 @@ def adamw(groups, cfg, lr, device):
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, **_fused(cfg, device))
 
 
+def check_optimizer(cfg) -> None:
+    """The values every optimizer reads, before any data is read (PyTorch would stop on them later,
+    with a traceback)."""
+    if not cfg.lr >= 0:
+        raise ConfigError(f"optimizer.lr={cfg.lr} must be >= 0 (e.g. 0.1 for sgd, 0.001 for adam)")
+    if not cfg.weight_decay >= 0:
+        raise ConfigError(f"optimizer.weight_decay={cfg.weight_decay} must be >= 0 (e.g. 5e-4; 0 for none)")
+
+
 def scaled_lr(cfg, batch_size: int) -> float:
     """Linear scaling rule (Goyal et al.): cfg.lr is quoted for cfg.scale_lr_batch images a step."""
     return cfg.lr * batch_size / cfg.scale_lr_batch if cfg.scale_lr_batch else cfg.lr

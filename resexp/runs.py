@@ -15,7 +15,12 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
+from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
+
+from resexp.errors import RunDirError
 from resexp.ranks import is_main_process
 
 
@@ -86,6 +91,47 @@ class RunFacts:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return int(self.in_channels), int(self.image_size), int(self.image_size)
+
+
+def earlier_run(root: Path) -> str | None:
+    """What shows that a run already used `root` (its metrics.json, its checkpoints/), or None. Hydra's
+    own .hydra/ and log file do not count: the current launch writes them before the run starts."""
+    paths = RunPaths(root)
+    found = [p.name + ("/" if p.is_dir() else "") for p in (paths.metrics, paths.checkpoints) if p.exists()]
+    return " and ".join(found) or None
+
+
+def resumes_into(resume: str | None, root: Path) -> bool:
+    """trainer.resume continues the run in `root`: auto (a requeued job continues in its own
+    directory), that directory itself, or a checkpoint file in it."""
+    if not resume:
+        return False
+    if str(resume) == "auto":
+        return True
+    target, root = Path(str(resume)).expanduser().resolve(), Path(root).resolve()
+    return target in (root, RunPaths(root).checkpoints) or target.parent == RunPaths(root).checkpoints
+
+
+def check_run_dir_free(root: Path, resume: str | None) -> None:
+    """A new run never writes over an earlier one (its best.pt, metrics.json, data split and
+    TensorBoard events): refused, before anything is written, unless it resumes that run."""
+    found = earlier_run(root)
+    if found and not resumes_into(resume, root):
+        raise RunDirError(f"run directory {root} already holds a run ({found}); continue it with "
+                          f"trainer.resume={root}, or choose a new directory (hydra.run.dir=...)")
+
+
+class RunDirCallback(Callback):
+    """The same check before Hydra writes its .hydra/ records into the run directory, which would
+    replace the earlier run's (the check in `resexp.train.run` covers the Python API)."""
+
+    def on_run_start(self, config, **kwargs: Any) -> None:
+        from resexp.cli import exit_with_error
+
+        try:
+            check_run_dir_free(Path(str(config.hydra.run.dir)), OmegaConf.select(config, "trainer.resume"))
+        except RunDirError as e:
+            exit_with_error(e)
 
 
 # metrics.json's layout; a record starts as this (a job that failed before training wrote one)

@@ -25,6 +25,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from resexp.errors import RunDirError
 from resexp.ranks import is_main_process
 from resexp.runs import RunPaths, write_metrics
 
@@ -56,6 +57,11 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+# jobs refused because their directory held an earlier job (nothing of theirs is in the directories
+# the report reads); jobs of launchers that run in this process (the basic one)
+REFUSED: list[str] = []
+
+
 def run_sweep_job(cfg, run: Callable[..., float]) -> float:
     """One multirun job: `run(cfg)`'s best validation accuracy, or NaN after recording a failure."""
     from hydra.core.hydra_config import HydraConfig
@@ -81,6 +87,11 @@ def run_sweep_job(cfg, run: Callable[..., float]) -> float:
             write_metrics(run_dir, requeued, merge=True)
             raise
         failure = e
+    except RunDirError as e:  # the job's directory holds an earlier job: record nothing over it
+        if is_main_process():
+            log.error(f"job #{num} refused: {e}; the sweep goes on")
+            REFUSED.append(f"#{num}: {e}")
+        return float("nan")
     except Exception as e:  # noqa: BLE001 - any failure of one job is recorded; the sweep goes on
         failure = e
     else:
@@ -162,6 +173,12 @@ class SweepCallback(Callback):
         for line in lines:
             log.info(line)
         failed = [j for j in jobs if j.status != "completed"]
+        if REFUSED:
+            print(f"error: {len(REFUSED)} sweep job(s) were not run: {'; '.join(REFUSED)}", file=sys.stderr)
+            sys.stderr.flush()
+            REFUSED.clear()
+            if not failed:
+                raise SystemExit(1)
         if failed:
             from resexp.reports.sweep import split_overrides
 

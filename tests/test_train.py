@@ -132,12 +132,15 @@ def test_early_stopping_ends_the_run(tmp_path):
     assert len(json.loads((tmp_path / "metrics.json").read_text())["history"]) == 3
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_best(tmp_path):
+def test_nan_loss_stops_with_a_clear_message_and_keeps_best(tmp_path, monkeypatch):
     run(tiny("trainer.epochs=1"), run_dir=tmp_path)
     best_before = (tmp_path / "checkpoints/best.pt").read_bytes()
     last_before = (tmp_path / "checkpoints/last.pt").read_bytes()
-    with pytest.raises(NonFiniteLoss, match="NaN/Inf"):  # a second run into the same directory diverges
-        run(tiny("optimizer.lr=1e30", "optimizer.momentum=0"), run_dir=tmp_path)
+    # the run, continued in its directory, diverges in its second epoch
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward",
+                        lambda self, logits, target: torch.nn.functional.cross_entropy(logits, target) * math.inf)
+    with pytest.raises(NonFiniteLoss, match="NaN/Inf"):
+        run(tiny("trainer.epochs=2", f"trainer.resume={tmp_path}"), run_dir=tmp_path)
     assert (tmp_path / "checkpoints/best.pt").read_bytes() == best_before
     assert (tmp_path / "checkpoints/last.pt").read_bytes() == last_before
     metrics = json.loads((tmp_path / "metrics.json").read_text())

@@ -5,6 +5,8 @@ Rules (documented for users in conf/data/image_folder.yaml):
 - only files with a known image extension count (IMAGE_EXTENSIONS, any case); everything else
   (README.txt, .DS_Store, hidden files and folders, files directly in the root) is ignored silently;
 - a class folder without images is an error naming it (an empty class would change the label space);
+- links are followed, but never into the root itself (a loop) or twice to one folder or file; a class
+  folder that is a link to another class folder is an error naming both;
 - every image is decoded once at start-up (a thread pool; JPEGs at reduced scale) so that a corrupt,
   truncated or empty file is found before training: data.on_bad_file=error stops with its path,
   data.on_bad_file=skip warns once and leaves it out;
@@ -43,13 +45,68 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Image files under folder, recursively (links followed; hidden files and folders and other
-    extensions skipped), sorted by their POSIX path: the same order on every machine."""
+class Seen:
+    """What one walk over a data root has reached, by real identity (device, inode): a folder or a
+    file reached through links a second time is not counted again."""
+
+    def __init__(self):
+        self.dirs: dict[tuple[int, int], str] = {}
+        self.files: dict[tuple[int, int], Path] = {}
+        self.duplicates: list[tuple[Path, Path]] = []  # (path skipped, the path counted)
+
+
+def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)  # follows links: the identity of what the path leads to
+    except OSError:
+        return None  # a dangling link: left in, so that the bad-file scan names it
+    return st.st_dev, st.st_ino
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def image_files(folder: Path, root: Path | None = None, seen: Seen | None = None) -> list[Path]:
+    """Image files under folder, recursively (hidden files and folders and other extensions
+    skipped), sorted by their POSIX path: the same order on every machine.
+
+    Links are followed, but a linked folder that resolves inside `root` (default: folder) is skipped
+    with a warning: it is a loop (`ln -s .. loop`) or a second copy of images already counted, and
+    following it would repeat files, or label another class's files as this one. No real folder is
+    walked twice and no file counted twice (`seen` carries that across the class folders of a root)."""
+    inside = os.path.realpath(root if root is not None else folder)
+    seen = seen if seen is not None else Seen()
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if _visible(d)]
-        found.extend(Path(dirpath, f) for f in filenames if _visible(f) and is_image_name(Path(f)))
+        here = _identity(dirpath)
+        if here in seen.dirs:  # two links to one folder outside the root
+            log.warning(f"skipping folder {dirpath}: it is the folder {seen.dirs[here]}, already read")
+            dirnames[:] = []
+            continue
+        seen.dirs[here] = dirpath
+        keep = []
+        for d in dirnames:
+            full = os.path.join(dirpath, d)
+            if not _visible(d):
+                continue
+            if os.path.islink(full) and _within(os.path.realpath(full), inside):
+                log.warning(f"skipping linked folder {full} -> {os.path.realpath(full)}: it points inside "
+                            f"{inside}, so it is a loop or a second copy of images counted elsewhere")
+                continue
+            keep.append(d)
+        dirnames[:] = sorted(keep)  # the first path to a file is the one counted: same on every machine
+        for f in sorted(filenames):
+            if not (_visible(f) and is_image_name(Path(f))):
+                continue
+            path = Path(dirpath, f)
+            key = _identity(path)
+            if key is not None and key in seen.files:
+                seen.duplicates.append((path, seen.files[key]))
+                continue
+            if key is not None:
+                seen.files[key] = path
+            found.append(path)
     return sorted(found, key=Path.as_posix)
 
 
@@ -71,13 +128,37 @@ def class_folders(root: Path, set_name: str) -> list[str]:
     return names
 
 
+def _check_distinct(root: Path, names: list[str]) -> None:
+    """A class folder that is (a link to) another class folder, or to a folder inside one, would be a
+    silent copy of that class under a second label."""
+    owner: dict[str, str] = {}  # real path -> the first class folder there
+    real = {n: os.path.realpath(root / n) for n in names}
+    for name in names:
+        if real[name] in owner:
+            other = owner[real[name]]
+            raise DataError(
+                f"class folders {root / other} and {root / name} are the same folder ({real[name]}): its images "
+                f"would be counted under two classes; remove the link or give each class its own images"
+            )
+        owner[real[name]] = name
+    for name in names:
+        for parent in Path(real[name]).parents:  # a few levels: no pairwise comparison of all classes
+            if str(parent) in owner:
+                raise DataError(
+                    f"class folder {root / name} is a folder inside class folder {root / owner[str(parent)]} "
+                    f"({real[name]}): its images would be counted under two classes; remove the link"
+                )
+
+
 def list_images(root: Path, set_name: str) -> tuple[list[str], list[tuple[str, int]]]:
     """(class names, [(relative POSIX path, label)]) in a machine-independent order: sorted paths."""
     names = class_folders(root, set_name)
+    _check_distinct(root, names)
     files: list[tuple[str, int]] = []
     empty = []
+    seen = Seen()
     for label, name in enumerate(names):
-        found = image_files(root / name)
+        found = image_files(root / name, root=root, seen=seen)
         if not found:
             empty.append(str(root / name))
         files.extend((p.relative_to(root).as_posix(), label) for p in found)
@@ -86,6 +167,10 @@ def list_images(root: Path, set_name: str) -> tuple[list[str], list[tuple[str, i
             f"class folder(s) without images under data.root {root}: {', '.join(empty)}; every sub-folder is a "
             f"class, so add images ({', '.join(sorted(IMAGE_EXTENSIONS))}) or remove the folder(s)"
         )
+    if seen.duplicates:
+        again, first = seen.duplicates[0]
+        log.warning(f"{len(seen.duplicates)} image file(s) under data.root {root} are reached twice through "
+                    f"links and counted once (e.g. {again} is {first})")
     return names, files
 
 

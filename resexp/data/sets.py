@@ -6,6 +6,7 @@ Registered in resexp.data.DATASETS under the names the conf/data/*.yaml files us
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import socket
 import tempfile
@@ -32,6 +33,8 @@ from resexp.data.common import (
 from resexp.data.images import class_folders, find_bad_images, list_images, open_image, report_bad
 from resexp.data.types import ArraySource, DataInfo, FileSource
 from resexp.errors import ConfigError, DataError
+
+log = logging.getLogger("resexp.data")
 
 RESIZE_AT_LOAD_LIMIT = 2 << 30  # bytes: larger resized sets are kept at their own size, resized per batch
 
@@ -394,6 +397,11 @@ class ImageFolder:
         labels = torch.tensor([lab for _, lab in files], dtype=torch.int64)
         tr, va = stratified_split(labels, cfg.val_split, seed)
         _check_val(len(va), len(labels), cfg, f"data.root {root}")
+        # a class with too few images keeps them all for training: its accuracy goes unmeasured
+        unvalidated = sorted(set(range(len(names))) - set(labels[va].tolist()))
+        if unvalidated:
+            log.warning(f"class(es) {', '.join(names[i] for i in unvalidated)} under data.root {root} have no "
+                        f"validation image (data.val_split={cfg.val_split}): add images or raise data.val_split")
         train = [(root / files[i][0], files[i][1]) for i in tr.tolist()]
         val = [(root / files[i][0], files[i][1]) for i in va.tolist()]
         split = {

@@ -84,6 +84,37 @@ def build_model(cfg: Any, *, num_classes: int | None = None, in_channels: int | 
     return model
 
 
+def stem_stride(stem: str) -> int:
+    """How many times a stem shrinks the map, measured on a probe (a registered stem is any layers)."""
+    import torch
+
+    layers = nn.Sequential(STEMS.get(stem)(1, 1, False)).eval()
+    with torch.no_grad():
+        side = layers(torch.zeros(1, 1, 64, 64)).shape[-1]
+    return max(1, 64 // side)
+
+
+def check_image_size(cfg: Any, image_size: int) -> None:
+    """A ResNet's input against its downsampling, before any data is read: below twice the stem's
+    stride the first stage already sees a 1x1 map, all image structure gone (the network still
+    runs, on padding, and learns nothing from the layout). Networks without a stem check their own."""
+    cfg = _typed(cfg)
+    if cfg.arch != "resnet" or cfg.stages is None or "stem" not in cfg:
+        return
+    first = stem_stride(cfg.stem)
+    dilated = list(cfg.dilation) + [False] * len(cfg.stages.strides)
+    total = first
+    for i, stride in enumerate(cfg.stages.strides):
+        total *= 1 if i > 0 and dilated[i - 1] else stride
+    if image_size < 2 * first:
+        other = ", or model.stem=cifar (no downsampling in the stem)" if cfg.stem != "cifar" else ""
+        raise ConfigError(
+            f"data.image_size={image_size} is too small for model={cfg.name}: its {cfg.stem} stem shrinks the "
+            f"map {first}x ({total}x in all), so it needs data.image_size >= {2 * first} ({total} or more keeps "
+            f"every stage above 1x1){other}"
+        )
+
+
 def list_models() -> list[str]:
     """The network names `model=<name>` and create() accept: conf/model/*.yaml."""
     return sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))

@@ -11,7 +11,6 @@ unexpected or of another shape is an error that names it.
 
 from __future__ import annotations
 
-import pickle
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -94,17 +93,22 @@ def fetch_torchvision(weights) -> dict[str, torch.Tensor]:
 
 def read_state_dict(path: str | Path, option: str = "model.pretrained") -> dict[str, torch.Tensor]:
     """The state dict in a weights file or under a checkpoint's `model`; errors name `option`."""
-    p = existing_file(path, option)
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from resexp.train.checkpoint import read  # here: resexp.train imports the models
 
+    p = existing_file(path, option)
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
             state = load_file(p)
-        else:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
-        raise CheckpointError(f"{option}: cannot read {path} as a state dict "
-                              f"({' '.join(str(err).split())[:300]})") from err
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own types
+            reason = "empty file (0 bytes)" if p.stat().st_size == 0 else " ".join(str(err).split())[:200]
+            raise CheckpointError(f"{option}: cannot read {path} as safetensors ({reason})") from None
+    else:
+        try:
+            state = read(p)
+        except CheckpointError as err:
+            raise CheckpointError(f"{option}: {err}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a resexp checkpoint
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -11,8 +11,11 @@ one from an untrusted source cannot run code.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +26,25 @@ from resexp.config import saved_config
 from resexp.errors import CheckpointError
 from resexp.runs import RunFacts, RunPaths
 from resexp.train.environment import rng_state, set_rng_state
-from resexp.train.state import TrainingState
+from resexp.train.state import STATE_KEYS, TrainingState
+
+log = logging.getLogger("resexp")
+
+
+# atomic_save's temporary files: `.<name>.<mkstemp's 8 random characters>.tmp`
+TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"
+_TEMP_NAME = re.compile(r"^\.(best|last)\.pt\.[a-z0-9_]{8}\.tmp$")
 
 
 def atomic_save(obj: dict, path: Path) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over `path`.
 
     A kill during the write leaves the previous file intact; a failed write (full disk, no
-    permission) raises and removes the temporary file.
+    permission) raises and removes the temporary file. A kill -9 leaves the temporary file behind:
+    `remove_stale_temporaries` clears it when a run next starts or resumes there.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -50,14 +61,73 @@ def atomic_save(obj: dict, path: Path) -> None:
         os.close(dir_fd)
 
 
-def load(path: str | Path, map_location="cpu") -> dict:
+# a temporary file untouched this long is no save in progress (a save writes it continuously)
+FOREIGN_TEMP_AGE_S = 600
+
+
+def remove_stale_temporaries(folder: Path, min_age_s: float = 0) -> list[Path]:
+    """Delete the temporary checkpoint files a killed run left in `folder` (only atomic_save's own
+    names for best.pt and last.pt: each is a full-size checkpoint). In the run's own folder, before
+    it writes, any such file is stale (min_age_s=0); in another run's folder, which may still be
+    running, only those older than `min_age_s`."""
+    removed = []
+    now = time.time()
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if _TEMP_NAME.match(p.name) and p.is_file() and not p.is_symlink() and \
+                    now - p.stat().st_mtime >= min_age_s:
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    if removed:
+        log.info(f"removed {len(removed)} temporary checkpoint file(s) left by a killed run in {folder}")
+    return removed
+
+
+def read(path: str | Path, map_location="cpu") -> Any:
+    """A torch file's contents, read with weights_only=True (no pickled code runs); what is wrong
+    with a file that cannot be read is one line naming it (PyTorch's own message is a page, and
+    suggests loading with weights_only=False, which would run whatever code the file holds)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes; an interrupted copy or download?)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - every failure to unpickle means the same to a user
+        text = str(e)
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if code:
+            raise CheckpointError(
+                f"{path} holds code or objects resexp will not load ({code[1]}): a checkpoint must hold only "
+                "tensors and plain values; use one that resexp wrote, or save the weights alone as a state dict"
+            ) from None
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+        reason = detail[1] if detail else (text.strip().splitlines() or [""])[0].split(". ")[0]
+        raise CheckpointError(f"{path} is not a checkpoint file (unreadable: {type(e).__name__}: "
+                              f"{reason[:200]})") from None
+
+
+# what resexp needs in each kind of checkpoint (older ones have all of it too)
+BEST_NEEDS = ("model", "meta")
+META_NEEDS = ("num_classes", "in_channels", "image_size")
+LAST_NEEDS = ("model", "optimizer", "scheduler", "rng", *STATE_KEYS)
+DICT_ENTRIES = ("model", "meta", "optimizer", "scheduler", "rng")  # anything else there is as good as missing
+
+
+def load(path: str | Path, map_location="cpu", needs: tuple[str, ...] = ()) -> dict:
+    """A resexp checkpoint: a dict holding at least `needs` (and under `meta`, when needed, the
+    network's facts); anything else is an error naming the file and what it lacks."""
+    state = read(path, map_location)
+    has = state if isinstance(state, dict) else {}
+    missing = [k for k in needs if k not in has or (k in DICT_ENTRIES and not isinstance(has[k], dict))]
+    if "meta" in needs and isinstance(has.get("meta"), dict):
+        missing += [f"meta.{k}" for k in META_NEEDS if has["meta"].get(k) is None]
+    if not isinstance(state, dict) or missing:
+        held = "" if isinstance(state, dict) else f"; it holds a value of type {type(state).__name__}, not a dict"
+        raise CheckpointError(f"{path} is not a resexp checkpoint "
+                              f"(missing: {', '.join(missing) or 'everything'}{held})")
+    return state
 
 
 def resolve(resume: str, outputs_root: Path) -> Path:
@@ -124,6 +194,8 @@ class Checkpoints:
 
     def __init__(self, paths: RunPaths, config: dict, facts: RunFacts, write: bool):
         self.paths, self.write = paths, write
+        if write:  # a run continued in its own directory (resume=auto after a kill -9)
+            remove_stale_temporaries(paths.checkpoints)
         self.common = {"config": config, "meta": facts.as_dict()}  # what inference rebuilds the run from
 
     def save_best(self, model: torch.nn.Module, best: dict) -> None:
@@ -138,9 +210,10 @@ class Checkpoints:
 
     def resume(self, path: Path, parts: dict[str, Any], state: TrainingState, device: torch.device) -> None:
         """Continue from a last.pt: every part, the training state and the RNG states."""
-        saved = load(path, map_location=device)
-        if "optimizer" not in saved:
-            raise CheckpointError(f"{path} is not a last.pt training checkpoint (no optimizer state)")
+        source = Path(path).parent
+        if self.write and source.resolve() != self.paths.checkpoints.resolve():  # the run continued, elsewhere
+            remove_stale_temporaries(source, min_age_s=FOREIGN_TEMP_AGE_S)
+        saved = load(path, map_location=device, needs=LAST_NEEDS)
         check_compatible(saved["model"], parts["model"], path)
         for name, part in parts.items():
             if part is not None and saved.get(name) is not None:  # a run without EMA saved ema=None

@@ -16,12 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 from resexp.config import to_plain
 from resexp.data import DATASETS, build_data
 from resexp.data.common import is_missing
-from resexp.models import ARCHS, BLOCKS, STEMS, build_model
+from resexp.models import ARCHS, BLOCKS, STEMS, build_model, check_image_size
 from resexp.models.pretrained import check_pretrained, existing_file, load_backbone, read_state_dict
 from resexp.models.summary import count_params
-from resexp.optim import OPTIMIZERS, SCHEDULERS
+from resexp.optim import OPTIMIZERS, SCHEDULERS, check_optimizer
 from resexp.reports.run import write_run_report
-from resexp.runs import RunFacts, RunPaths
+from resexp.runs import RunFacts, RunPaths, check_run_dir_free
 from resexp.train import checkpoint
 from resexp.train.environment import Env, autocast, configure_determinism, seed_everything, setup, shared_run_dir
 from resexp.train.evaluation import final_evaluation
@@ -56,8 +56,10 @@ def check_choices(cfg: DictConfig, device: torch.device) -> None:
     if cfg.model.get("block") is not None:
         BLOCKS.get(cfg.model.block.name)
     OPTIMIZERS.get(cfg.optimizer.name)
+    check_optimizer(cfg.optimizer)
     SCHEDULERS.get(cfg.scheduler.name)
     check_trainer(cfg.trainer)
+    check_image_size(cfg.model, cfg.data.image_size)
     autocast(device, cfg.trainer.precision)
     if cfg.model.pretrained:
         check_pretrained(cfg.model.pretrained, cfg.model.name, cfg.model.arch)
@@ -70,6 +72,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
     env = setup(cfg.trainer)
     check_choices(cfg, env.device)
     paths = RunPaths(shared_run_dir(run_dir, env))  # DDP: every rank works in rank 0's directory
+    if env.is_main:
+        check_run_dir_free(paths.root, cfg.trainer.resume)
     seed_everything(cfg.seed)
     configure_determinism(cfg.trainer.deterministic, env.device)
 

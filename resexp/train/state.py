@@ -13,6 +13,8 @@ import torch
 
 from resexp.train.metrics import Accumulator
 
+# TrainingState.state_dict()'s keys: at the top level of last.pt
+STATE_KEYS = ("epoch", "batch", "global_step", "best", "history", "bad_evals", "train_acc")
 # what best.pt and metrics.json keep of the best epoch's row
 BEST_KEYS = ("epoch", "val_loss", "val_acc", "val_acc5", "train_loss", "train_acc")
 

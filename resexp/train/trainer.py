@@ -56,6 +56,11 @@ def check_trainer(t) -> None:
         raise ConfigError(f"trainer.monitor='{t.monitor}' is not one of: val_acc, val_loss")
     if t.ema_decay is not None and not 0 < t.ema_decay < 1:
         raise ConfigError(f"trainer.ema_decay={t.ema_decay} must be between 0 and 1 (e.g. 0.999), or null for none")
+    if not 0 <= t.label_smoothing < 1:
+        raise ConfigError(f"trainer.label_smoothing={t.label_smoothing} must be in [0, 1) (e.g. 0.1; 0 for none)")
+    if t.grad_clip is not None and not t.grad_clip > 0:
+        raise ConfigError(f"trainer.grad_clip={t.grad_clip} must be > 0 (a maximum gradient norm, e.g. 1.0), "
+                          "or null for no clipping")
     if t.compile_mode not in COMPILE_MODES:
         raise ConfigError(f"trainer.compile_mode='{t.compile_mode}' is not one of: {', '.join(COMPILE_MODES)}")
 
