@@ -101,8 +101,8 @@ class ResNetConfig(ModelConfig):
     stride_position: StridePosition = StridePosition.first
     width: float = 1.0  # multiplier on every stage width (and the stem)
     # Zero each residual branch's last BN (v1) or conv (v2) at init, so units start as their shortcuts
-    # (Goyal et al. 2017). None: the block family's default, chosen by measurement (off for v1, on for v2
-    # pre-activation: benchmarks/RESULTS.md, "Zero-initialised residual branches").
+    # (Goyal et al. 2017). None: the block's default, on for v1 and off otherwise; conf/model/resnet20.yaml
+    # turns it off (measured: benchmarks/RESULTS.md, "Zero-initialised residual branches").
     zero_init_residual: bool | None = None
     dilation: list[bool] = field(default_factory=list)  # per stage after the first: dilate, not stride
 

