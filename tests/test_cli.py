@@ -76,7 +76,7 @@ def test_hydra_full_error_lets_the_exception_through_for_its_traceback(tmp_path,
 
 
 @pytest.mark.slow
-def test_default_job_reaches_98_percent_on_digits_within_a_minute(tmp_path):
+def test_default_job_reaches_98_percent_on_digits_in_about_20_seconds(tmp_path):
     # `python -m resexp` through benchmarks/first_step.py, as bench_e2e times it: the same CLI entry
     # point (resexp.__main__.main) plus a one-shot optimizer hook that prints the first step's time.
     all_cores = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
@@ -95,4 +95,4 @@ def test_default_job_reaches_98_percent_on_digits_within_a_minute(tmp_path):
     (first_step,) = [float(x.split()[1]) for x in out.stderr.splitlines() if x.startswith("FIRST_STEP ")]
     print(f"default job: {seconds:.1f} s, first step after {first_step:.1f} s, "
           f"best val acc {metrics['best']['val_acc']:.4f}")
-    assert 0 < first_step < seconds < 60
+    assert 0 < first_step < seconds < 30  # measured 18-22 s on an idle 2-core CPU; room for a busy CI machine
