@@ -70,7 +70,12 @@ def test_every_seed_recipe_has_a_preset_and_a_tuned_one():
     for name in [*SEED_PRESETS, *(f"{n}_tuned" for n in SEED_PRESETS), "birds_finetune"]:
         text = preset_file(name).read_text()
         assert text.startswith("# @package _global_\n"), name
-        assert ("TARGET" in text) == name.endswith(("_tuned", "finetune")), name  # targets, not claims
+        if name.endswith(("_tuned", "finetune")):  # a target, or what was measured: never a bare claim
+            assert ("TARGET" in text) != ("MEASURED" in text), name
+        else:
+            assert "TARGET" not in text, name
+    for name in ("r6_mnist_lenet5", "r6_mnist_lenet5_tuned", "mnist_resnet", "fashion_mnist_resnet"):
+        assert "MEASURED" in preset_file(name).read_text(), name  # real data was at hand for these
 
 
 @pytest.mark.parametrize("name", PRESETS)
