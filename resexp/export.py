@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ import torch
 from resexp.cli import run_command
 from resexp.data.images import image_files
 from resexp.errors import ConfigError, DataError, ResexpError
+from resexp.files import atomic_write
 from resexp.inference import LoadedRun, Option, load_run, parse_args
 
 OPTIONS = {
@@ -147,21 +146,6 @@ def ours(path: Path) -> bool:
         return False
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a unique temporary file beside path, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give it the mode a plain open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export_onnx(run: LoadedRun, out: Path, verify: bool = True, images: str | None = None) -> dict:
     """Export, verify, then write out and out.json; returns the card."""
     card_path = out.with_name(out.name + ".json")
@@ -190,8 +174,8 @@ def export_onnx(run: LoadedRun, out: Path, verify: bool = True, images: str | No
             "class_names": json.dumps(card["class_names"]), "tta_flip": json.dumps(card["tta_flip"])}
     onnx.helper.set_model_props(proto, meta)
     # one self-contained file (no .onnx.data beside it): protobuf's 2 GB limit is far above any ResNet here
-    atomic_write(out, proto.SerializeToString())
-    atomic_write(card_path, (json.dumps(card, indent=2, default=str) + "\n").encode())
+    atomic_write(out, lambda f: f.write(proto.SerializeToString()))
+    atomic_write(card_path, lambda f: f.write((json.dumps(card, indent=2, default=str) + "\n").encode()))
     return card
 
 

@@ -151,11 +151,11 @@ def load_exported(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dic
     from safetensors.torch import load_file
 
     p = Path(path).expanduser()
-    card_path = p / "model.json" if p.is_dir() else p
+    card_path = RunPaths(p).card if p.is_dir() else p
     if not card_path.is_file():
         raise CheckpointError(f"no model.json at {card_path}")
     card = json.loads(card_path.read_text())
-    weights = card_path.parent / card.get("weights", "best.safetensors")
+    weights = card_path.parent / card.get("weights", RunPaths(p).weights.name)
     if not weights.is_file():
         raise CheckpointError(f"no weights file at {weights}")
     model = build_for_inference(card["model"], RunFacts.from_dict(card))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from resexp.errors import RunDirError
+from resexp.files import atomic_write
 from resexp.ranks import is_main_process
 
 
@@ -36,6 +36,8 @@ class RunPaths:
     data_split: Path = field(init=False)
     tensorboard: Path = field(init=False)
     error_log: Path = field(init=False)
+    weights: Path = field(init=False)  # best.safetensors: the best weights without pickles
+    card: Path = field(init=False)  # model.json: how to rebuild and feed the network
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -44,6 +46,7 @@ class RunPaths:
         self.metrics, self.data_split = self.root / "metrics.json", self.root / "data_split.json"
         self.config, self.overrides = self.root / ".hydra" / "config.yaml", self.root / ".hydra" / "overrides.yaml"
         self.tensorboard, self.error_log = self.root / "tb", self.root / "error.log"
+        self.weights, self.card = self.root / "best.safetensors", self.root / "model.json"
 
     def report_file(self, name: str) -> Path:
         """One of the run report's files (curves.png, model.json, ...): they sit at the top level."""
@@ -151,10 +154,8 @@ def write_metrics(run_dir: Path, values: dict, merge: bool = False) -> None:
         except (OSError, ValueError):
             pass
     record.update(values)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_finite(record), indent=2, allow_nan=False))
-    os.replace(tmp, path)  # a reader (the sweep report, a dashboard) never sees half a file
+    text = json.dumps(_finite(record), indent=2, allow_nan=False)
+    atomic_write(path, lambda f: f.write(text.encode()))  # a reader (the sweep report) never sees half a file
 
 
 def _finite(v):

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import torch
 
+from resexp.files import atomic_write
+from resexp.runs import RunPaths
+
 FORMAT = "resexp-model/1"
 
 
@@ -20,12 +23,11 @@ def save_safetensors(state_dict: dict[str, torch.Tensor], path: Path, metadata: 
 
     # safetensors wants contiguous tensors that share no memory: copy each one (channels_last too)
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state_dict.items()}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(save(tensors, metadata=metadata))  # save_file would create it mode 0600
-    tmp.replace(path)
+    data = save(tensors, metadata=metadata)
+    atomic_write(path, lambda f: f.write(data))
 
 
-def model_card(config: dict, meta: dict, best: dict, weights: str = "best.safetensors") -> dict:
+def model_card(config: dict, meta: dict, best: dict, weights: str = RunPaths(".").weights.name) -> dict:
     """model.json: the model config, the input it expects and the data it was trained on."""
     model_cfg = dict(config.get("model") or {})
     data_cfg = dict(config.get("data") or {})
@@ -52,6 +54,8 @@ def model_card(config: dict, meta: dict, best: dict, weights: str = "best.safete
 
 def write_export(run_dir: Path, state_dict: dict[str, torch.Tensor], config: dict, meta: dict, best: dict) -> None:
     card = model_card(config, meta, best)
-    save_safetensors(state_dict, run_dir / "best.safetensors",
+    paths = RunPaths(run_dir)
+    save_safetensors(state_dict, paths.weights,
                      metadata={"format": FORMAT, "name": str(card["name"]), "num_classes": str(card["num_classes"])})
-    (run_dir / "model.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
+    text = json.dumps(card, indent=2, default=str) + "\n"
+    atomic_write(paths.card, lambda f: f.write(text.encode()))

@@ -111,7 +111,7 @@ def find_run_dirs(root: Path) -> list[Path]:
     metrics (a job that failed or was killed before training wrote one)."""
     if RunPaths(root).metrics.is_file():
         return [root]
-    found = {p.parent for p in root.rglob("metrics.json")}
+    found = {p.parent for p in root.rglob(RunPaths(root).metrics.name)}
     found |= {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
     # a sweep root has its own .hydra only when someone ran there; keep real jobs only
     return sorted((d for d in found if d != root), key=_natural)

@@ -12,9 +12,7 @@ one from an untrusted source cannot run code.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from omegaconf import OmegaConf
 
 from resexp.config import saved_config
 from resexp.errors import CheckpointError
+from resexp.files import atomic_write
 from resexp.runs import RunFacts, RunPaths
 from resexp.train.environment import rng_state, set_rng_state
 from resexp.train.state import STATE_KEYS, TrainingState
@@ -31,34 +30,14 @@ from resexp.train.state import STATE_KEYS, TrainingState
 log = logging.getLogger("resexp")
 
 
-# atomic_save's temporary files: `.<name>.<mkstemp's 8 random characters>.tmp`
-TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"
+# atomic_write's temporary files for checkpoints: `.<name>.<mkstemp's 8 random characters>.tmp`
 _TEMP_NAME = re.compile(r"^\.(best|last)\.pt\.[a-z0-9_]{8}\.tmp$")
 
 
 def atomic_save(obj: dict, path: Path) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over `path`.
-
-    A kill during the write leaves the previous file intact; a failed write (full disk, no
-    permission) raises and removes the temporary file. A kill -9 leaves the temporary file behind:
-    `remove_stale_temporaries` clears it when a run next starts or resumes there.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    """torch.save through one durable atomic write: a kill mid-write leaves the previous file intact,
+    and `remove_stale_temporaries` clears what a kill -9 leaves when a run next starts there."""
+    atomic_write(path, lambda f: torch.save(obj, f), durable=True)
 
 
 # a temporary file untouched this long is no save in progress (a save writes it continuously)
