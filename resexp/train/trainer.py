@@ -49,11 +49,9 @@ class NonFiniteLoss(ResexpError):
 
 
 def check_trainer(t) -> None:
-    """The trainer keys that have a fixed set of values or a lower bound."""
+    """The trainer keys' bounds (their closed choices, monitor and compile_mode, are the schema's enums)."""
     if t.accumulate < 1 or t.val_every < 1 or t.epochs < 1:
         raise ConfigError("trainer.epochs, trainer.accumulate and trainer.val_every must be >= 1")
-    if t.monitor not in ("val_acc", "val_loss"):
-        raise ConfigError(f"trainer.monitor='{t.monitor}' is not one of: val_acc, val_loss")
     if t.ema_decay is not None and not 0 < t.ema_decay < 1:
         raise ConfigError(f"trainer.ema_decay={t.ema_decay} must be between 0 and 1 (e.g. 0.999), or null for none")
     if not 0 <= t.label_smoothing < 1:
@@ -61,8 +59,6 @@ def check_trainer(t) -> None:
     if t.grad_clip is not None and not t.grad_clip > 0:
         raise ConfigError(f"trainer.grad_clip={t.grad_clip} must be > 0 (a maximum gradient norm, e.g. 1.0), "
                           "or null for no clipping")
-    if t.compile_mode not in COMPILE_MODES:
-        raise ConfigError(f"trainer.compile_mode='{t.compile_mode}' is not one of: {', '.join(COMPILE_MODES)}")
 
 
 def _mixer(cfg, num_classes: int):
