@@ -6,7 +6,8 @@ For each block family (v1 option-A `basic_pad`, v1 projection `basic`, v1 `bottl
 on a CIFAR-style ResNet-20 body, trains with the branch zeroed and not, same seed, and prints the
 validation accuracy and final training loss: on the digits (the default job, seeds 0
 and 1) and on the first 60 batches of real MNIST and Fashion-MNIST (one short epoch, no warm-up).
-The block defaults in resexp/models/blocks.py were chosen from this table (benchmarks/RESULTS.md).
+The defaults (v1 blocks on, v2 off, conf/model/resnet20.yaml off) were chosen from this table and a
+ResNet-56 run (benchmarks/RESULTS.md, "Zero-initialised residual branches").
 """
 
 from __future__ import annotations
