@@ -66,9 +66,25 @@ def test_run_writes_checkpoints_metrics_and_tensorboard(tmp_path):
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc5", "lr", "throughput"} <= tags
+    # only curves on the Scalars page, grouped so that it opens on train/ and val/ (no hparam/* points)
+    assert tags == {"train/loss", "train/acc", "train/lr", "train/throughput", "val/loss", "val/acc", "val/acc5"}
     assert len(events.Scalars("val/acc")) == 3
     assert "config" in str(events.Tags()["tensors"])
+    # HParams: the keys this run set away from the defaults and the few every comparison needs
+    from tensorboard.plugins.hparams import metadata
+
+    start = metadata.parse_session_start_info_plugin_data(
+        events.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG])
+    shown = set(start.hparams)
+    assert {"data.name", "data.num_samples", "model.stages.depths", "optimizer.lr", "seed"} <= shown
+    assert not shown & {"trainer.precision", "trainer.monitor", "optimizer.momentum"}  # defaults here
+    assert start.hparams["data.name"].string_value == "synthetic"
+    assert metadata.EXPERIMENT_TAG not in events.PluginTagToContent(metadata.PLUGIN_NAME)
+    # best.pt's re-evaluation: one point at the best epoch, in the run tb/best (a marker on val/acc)
+    marker = EventAccumulator(str(tmp_path / "tb" / "best"))
+    marker.Reload()
+    [point] = marker.Scalars("val/acc")
+    assert point.step == metrics["best"]["epoch"] and point.value == pytest.approx(metrics["best"]["val_acc"])
 
 
 def test_resume_from_last_checkpoint_matches_uninterrupted_run(tmp_path):

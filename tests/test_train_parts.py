@@ -148,3 +148,17 @@ def test_metrics_json_has_one_writer_for_training_and_sweep_jobs(tmp_path, monke
     monkeypatch.delenv("RANK")
     write_metrics(tmp_path, {"best": {"val_loss": float("inf")}})
     assert json.loads(path.read_text())["best"] == {"val_loss": None}  # JSON has no Inf
+
+
+def test_hparams_shown_are_the_keys_a_run_changed_its_command_line_and_the_essentials():
+    from resexp.train.hparams import ALWAYS, shown_hparams
+
+    defaults = {"model": {"name": "resnet20", "block": {"name": "basic"}}, "optimizer": {"name": "sgd", "lr": 0.1},
+                "trainer": {"precision": "32", "epochs": 10}, "data": {"name": "digits", "batch_size": 64}, "seed": 0}
+    config = {**defaults, "model": {"name": "resnet20", "block": {"name": "plain_basic"}},
+              "trainer": {"precision": "bf16", "epochs": 10}}
+    # a sweep's key is a column for every job, also the one whose value is the default
+    shown = shown_hparams(config, defaults, ["optimizer.lr=0.1", "model/block=plain_basic", "+trainer.epochs=10"])
+    assert set(shown) == set(ALWAYS) | {"model.block.name", "trainer.precision"}
+    assert shown["model.block.name"] == "plain_basic" and shown["trainer.precision"] == "bf16"
+    assert "trainer.precision" not in shown_hparams(defaults, defaults)

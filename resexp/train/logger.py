@@ -13,21 +13,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from resexp.config import to_plain
+from resexp.config import compose, to_plain
 from resexp.runs import RunPaths
+from resexp.train.hparams import shown_hparams
 
 log = logging.getLogger("resexp")
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
 
 
 class RunLogger:
@@ -66,7 +56,8 @@ class RunLogger:
         """A finished epoch's row (the trainer's history): TensorBoard scalars and the console line."""
         self.scalars({
             "train/loss": row["train_loss"], "train/acc": row["train_acc"], "val/loss": row["val_loss"],
-            "val/acc": row["val_acc"], "val/acc5": row["val_acc5"], "lr": row["lr"], "throughput": row["images_per_s"],
+            "val/acc": row["val_acc"], "val/acc5": row["val_acc5"], "train/lr": row["lr"],
+            "train/throughput": row["images_per_s"],
         }, step=row["epoch"])
         if not self.enabled:
             return
@@ -79,11 +70,28 @@ class RunLogger:
             + ("  *best" if is_best else "")
         )
 
-    def hparams(self, cfg, best: dict) -> None:
-        if self.writer:
-            params = flatten(to_plain(cfg))  # enums as their strings
-            metrics = {f"hparam/{k}": v for k, v in best.items() if isinstance(v, (int, float)) and k != "epoch"}
-            self.writer.add_hparams(params, metrics, run_name=".")
+    def hparams(self, best: dict) -> None:
+        """The HParams dashboard's row for this run: the keys that matter (resexp/train/hparams.py) as
+        its hyperparameters, and as its metrics the curves' scalars (their last values) and the
+        re-evaluated best.pt's, written as the run `best` at the best epoch: a marked point on the
+        val/acc curve rather than a chart of its own on the Scalars page."""
+        if not self.writer:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams
+
+        paths = RunPaths(self.run_dir)
+        overrides = OmegaConf.load(paths.overrides) if paths.overrides.is_file() else []
+        shown = shown_hparams(OmegaConf.to_container(OmegaConf.load(paths.config)), to_plain(compose()), overrides)
+        # No experiment summary: TensorBoard then builds the table from every run's own start info,
+        # lists the keys that differ between the runs first, and takes each run's scalars as metrics.
+        # (SummaryWriter.add_hparams writes one per run, and TensorBoard shows the first run's columns.)
+        _, start, end = hparams(shown, {})
+        self.writer.file_writer.add_summary(start)
+        self.writer.file_writer.add_summary(end)
+        with SummaryWriter(log_dir=str(paths.tensorboard / "best")) as marker:
+            for name in ("loss", "acc", "acc5"):
+                marker.add_scalar(f"val/{name}", best[f"val_{name}"], best["epoch"])
 
     def close(self) -> None:
         if self.writer:

@@ -153,7 +153,7 @@ def fit_and_report(trainer: Trainer, cfg: DictConfig, resume_path: Path | None) 
         report = write_run_report(trainer, final, val) if cfg.trainer.report else {}
         extra = {"resumed_from": str(resume_path)} if resume_path else {}
         metrics = trainer.write_metrics(status="completed", **extra, **report)
-        logger.hparams(cfg, final)
+        logger.hparams(final)
         return metrics["best"]["val_acc"]
     except Exception as e:
         trainer.write_metrics(status="failed", error=f"{type(e).__name__}: {e}")

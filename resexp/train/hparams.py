@@ -1,0 +1,46 @@
+"""Which config keys a run shows as hyperparameters (TensorBoard's HParams dashboard): the keys that
+say how this run differs, not all ~60 of them (the whole config is on TensorBoard's Text page and in
+.hydra/config.yaml).
+
+Shown: every key set away from the default composition (`python -m resexp` with no overrides), every
+key named on the run's command line (so a sweep's keys are columns for all its jobs, also the job
+whose value is the default), and the few keys every comparison needs (`ALWAYS`). TensorBoard lists
+the keys whose values differ across the runs shown first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+ALWAYS = ("model.name", "data.name", "optimizer.name", "optimizer.lr", "data.batch_size", "trainer.epochs", "seed")
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; values other than int, float, str and bool as their text."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def override_keys(overrides: Iterable[str]) -> set[str]:
+    """The config keys command-line overrides set: `optimizer.lr=0.1` -> optimizer.lr, a group choice
+    `model=resnet18` -> model.name, `model/block=plain_basic` -> model.block.name."""
+    keys = set()
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        keys.add(key if "." in key else key.replace("/", ".") + ".name")
+    return keys
+
+
+def shown_hparams(config: dict, defaults: dict, overrides: Iterable[str] = ()) -> dict:
+    """The flat `config` restricted to the keys that matter (see the module's docstring); `defaults`
+    is the default composition."""
+    params, default = flatten(config), flatten(defaults)
+    keep = {k for k, v in params.items() if k not in default or default[k] != v}
+    keep |= override_keys(overrides) | set(ALWAYS)
+    return {k: v for k, v in sorted(params.items()) if k in keep}
