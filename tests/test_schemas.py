@@ -60,6 +60,14 @@ def test_a_bad_choice_is_one_line_listing_the_choices(tmp_path, in_process, caps
     assert capsys.readouterr().err.strip() == "error: data.loader=disk is not one of: auto, memory, stream"
 
 
+@pytest.mark.parametrize("group", ["experiment", "hparams_search"])
+def test_an_unknown_preset_is_an_error_not_the_default_run(group):
+    # these groups default to null; a misspelt preset must not train the default config instead
+    with pytest.raises(ConfigError, match=rf"^Could not find '{group}/typo'; choose one of: .*") as err:
+        compose([f"{group}=typo"])
+    assert "_schema" not in str(err.value)
+
+
 def test_a_sweep_over_a_foreign_key_stops_before_the_first_job(tmp_path, in_process, capsys):
     sweep = tmp_path / "sweep"
     code = in_process(tmp_path, "-m", "optimizer=adam", "optimizer.momentum=0.5,0.9", "trainer.epochs=1",
