@@ -461,24 +461,30 @@ def test_a_signal_in_training_is_one_line_exit_130_and_recorded_interrupted(
     assert record["best"]["epoch"] == 1 and [r["epoch"] for r in record["history"]] == [1]
 
 
-def test_a_sigterm_during_the_after_run_report_is_one_line_and_says_what_is_missing(
-        tmp_path, in_process, capsys, monkeypatch, no_default_sigterm):
+@pytest.mark.parametrize("during, missing", [
+    ("final_evaluation", "best.pt's re-evaluation and the run report"),
+    ("write_run_report", "the run report"),
+])
+def test_a_sigterm_after_training_is_one_line_and_says_what_is_missing(
+        tmp_path, in_process, capsys, monkeypatch, no_default_sigterm, during, missing):
+    import importlib
     import signal
-    import sys
 
-    run_module = sys.modules["resexp.train.run"]  # the module (resexp.train.run is also the function's name)
-    real = run_module.final_evaluation
+    run_module = importlib.import_module("resexp.train.run")  # the module, not the function of that name
+    real = getattr(run_module, during)
 
-    def final_evaluation(*args, **kwargs):  # best.pt's re-evaluation starts: the job's time is up
+    def step(*args, **kwargs):  # the step starts: the job's time is up
         signal.raise_signal(signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(run_module, "final_evaluation", final_evaluation)
+    monkeypatch.setattr(run_module, during, step)
     d = tmp_path / "run"
-    assert in_process(tmp_path, *SMALL, f"hydra.run.dir={d}") == 130
-    line = ("stopped by SIGTERM during the after-run report: training is complete (last.pt after epoch 1, best.pt "
-            "epoch 1); not complete: best.pt's re-evaluation and the report files. To write them: python -m resexp "
-            f"<same overrides> trainer.resume={d}")
+    assert in_process(tmp_path, *SMALL, "trainer.report=true", f"hydra.run.dir={d}") == 130
+    stage = missing.split(" and ")[0]
+    line = (f"stopped by SIGTERM after training, during {stage}: training is complete (last.pt after epoch 1, "
+            f"best.pt epoch 1); not complete: {missing}. To write it: python -m resexp <same overrides> "
+            f"trainer.resume={d}")
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {line}"]
     record = metrics(d)
     assert record["status"] == "interrupted" and record["error"] == f"Interrupted: {line}"
+    assert not (d / "model.json").exists()

@@ -27,7 +27,7 @@ from resexp.train.environment import Env, autocast, configure_determinism, seed_
 from resexp.train.evaluation import final_evaluation
 from resexp.train.logger import RunLogger
 from resexp.train.signals import stop_at_once
-from resexp.train.stopped import REPORT, TRAINING, record_stop
+from resexp.train.stopped import EVALUATION, REPORT, TRAINING, record_stop
 from resexp.train.trainer import Trainer, check_trainer
 
 log = logging.getLogger("resexp")
@@ -154,8 +154,9 @@ def fit_and_report(trainer: Trainer, cfg: DictConfig, resume_path: Path | None) 
     try:
         with stop_at_once():  # outside fit's own handling (finish the step, save last.pt) a signal stops at once
             trainer.fit()
-            stage = REPORT
+            stage = EVALUATION
             final, val = final_evaluation(trainer, collect=cfg.trainer.report)
+            stage = REPORT
             # figures, model summary, safetensors from that same validation pass; {"per_class": ...}
             report = write_run_report(trainer, final, val) if cfg.trainer.report else {}
             extra = {"resumed_from": str(resume_path)} if resume_path else {}

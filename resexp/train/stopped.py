@@ -19,8 +19,8 @@ from resexp.train.signals import Interrupted, StopNow, position, resume_hint
 
 log = logging.getLogger("resexp")
 
-# fit_and_report's stages
-TRAINING, REPORT = "training", "after-run report"
+# fit_and_report's stages, as a message names them
+TRAINING, EVALUATION, REPORT = "training", "best.pt's re-evaluation", "the run report"
 
 
 def _held(path: Path) -> dict | None:
@@ -55,10 +55,12 @@ def record_stop(trainer, e: BaseException, stage: str) -> BaseException:
                 f"last.pt is from {_when(paths.last, last)}. {resume_hint(run_dir)}" if last else
                 "no last.pt was written yet"))
         else:
+            missing = [EVALUATION] if stage == EVALUATION else []
+            missing += [REPORT] if trainer.tcfg.report else []
             error = Interrupted(
-                f"stopped by {name} during the {stage}: training is complete (last.pt {_when(paths.last, last or {})}"
-                f", best.pt {_when(paths.best, best or {})}); not complete: best.pt's re-evaluation and the report "
-                f"files. To write them: python -m resexp <same overrides> trainer.resume={run_dir}")
+                f"stopped by {name} after training, during {stage}: training is complete (last.pt "
+                f"{_when(paths.last, last or {})}, best.pt {_when(paths.best, best or {})}); not complete: "
+                f"{' and '.join(missing)}. To write it: python -m resexp <same overrides> trainer.resume={run_dir}")
     elif isinstance(e, DiskFullError):
         path = Path(e.path)
         held = {paths.best: best, paths.last: last}.get(path, {})  # other files: metrics.json, the report's
