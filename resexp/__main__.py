@@ -17,6 +17,7 @@ from resexp import ranks
 from resexp.cli import exit_with_error
 from resexp.config import conf_dir, report_errors
 from resexp.errors import ConfigError, ResexpError
+from resexp.runs import is_multirun
 
 # Hydra plugins resexp has configs for: the option users type -> (module, pip extra)
 PLUGINS = {
@@ -31,25 +32,23 @@ PLUGINS = {
 }
 
 
-def is_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def app(cfg: DictConfig) -> float:
+    from resexp.sweep import BEFORE_TRAINING, INTERRUPTED_EXIT, run_sweep_job
     from resexp.train import run  # imported here so `--cfg job` and `--help` stay fast
+    from resexp.train.signals import Interrupted
 
     if is_multirun():
-        from resexp.sweep import run_sweep_job
-
         return run_sweep_job(cfg, run)
+
     try:
         return run(cfg)
+    except Interrupted as e:  # metrics.json says "interrupted"; 130 as a sweep (and a shell) says it
+        exit_with_error(e, code=INTERRUPTED_EXIT)
     except ResexpError as e:
         exit_with_error(e)
+    except KeyboardInterrupt as e:  # before training began: nothing of the run was recorded
+        exit_with_error(e, BEFORE_TRAINING, code=INTERRUPTED_EXIT)
 
 
 def check_plugins(argv: list[str]) -> None:

@@ -14,12 +14,12 @@ from typing import NoReturn
 from resexp.errors import ResexpError
 
 
-def exit_with_error(err: BaseException, line: str | None = None) -> NoReturn:
-    """`error: <line or err>` on stderr and exit 2; with HYDRA_FULL_ERROR=1, raise `err` instead."""
+def exit_with_error(err: BaseException, line: str | None = None, code: int = 2) -> NoReturn:
+    """`error: <line or err>` on stderr and exit `code`; with HYDRA_FULL_ERROR=1, raise `err` instead."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise err
     print(f"error: {line if line is not None else err}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 def run_command(main: Callable[[list[str]], int], errors: tuple[type[BaseException], ...] = (ResexpError,),

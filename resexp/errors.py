@@ -23,3 +23,11 @@ class CheckpointError(ResexpError):
 
 class RunDirError(ResexpError):
     """A run directory that already holds an earlier run, which a new run would overwrite."""
+
+
+class DiskFullError(ResexpError):
+    """A write that found no space left (or the quota used up): which file, on which file system."""
+
+    def __init__(self, message: str, path):
+        super().__init__(message)
+        self.path = path  # the file that could not be written

@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from resexp.errors import RunDirError
-from resexp.files import atomic_write
+from resexp.files import atomic_write, check_writable
 from resexp.ranks import is_main_process
 
 
@@ -115,24 +115,51 @@ def resumes_into(resume: str | None, root: Path) -> bool:
     return target in (root, RunPaths(root).checkpoints) or target.parent == RunPaths(root).checkpoints
 
 
+def is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _new_dir_option() -> str:
+    """The option that chooses another directory: a sweep's jobs get theirs under hydra.sweep.dir."""
+    return "hydra.sweep.dir=..." if is_multirun() else "hydra.run.dir=..."
+
+
 def check_run_dir_free(root: Path, resume: str | None) -> None:
     """A new run never writes over an earlier one (its best.pt, metrics.json, data split and
     TensorBoard events): refused, before anything is written, unless it resumes that run."""
     found = earlier_run(root)
     if found and not resumes_into(resume, root):
         raise RunDirError(f"run directory {root} already holds a run ({found}); continue it with "
-                          f"trainer.resume={root}, or choose a new directory (hydra.run.dir=...)")
+                          f"trainer.resume={root}, or choose a new directory ({_new_dir_option()})")
+
+
+def check_run_dir_writable(root: Path) -> None:
+    """The run directory, and its checkpoints/ when a run continues there, accept files: a read-only
+    one stops the run at start-up, not when the first checkpoint is due."""
+    checkpoints = RunPaths(root).checkpoints
+    for folder in (root, checkpoints) if checkpoints.is_dir() else (root,):
+        try:
+            check_writable(folder)
+        except OSError as e:
+            raise RunDirError(f"cannot write into {e.filename}: {e.strerror}; make it writable or choose "
+                              f"another directory ({_new_dir_option()})") from None
 
 
 class RunDirCallback(Callback):
-    """The same check before Hydra writes its .hydra/ records into the run directory, which would
-    replace the earlier run's (the check in `resexp.train.run` covers the Python API)."""
+    """The same checks before Hydra writes its .hydra/ records and log file into the run directory:
+    they would replace an earlier run's, or fail with a page of traceback in a read-only directory
+    (the checks in `resexp.train.run` cover the Python API)."""
 
     def on_run_start(self, config, **kwargs: Any) -> None:
         from resexp.cli import exit_with_error
 
+        root = Path(str(config.hydra.run.dir))
         try:
-            check_run_dir_free(Path(str(config.hydra.run.dir)), OmegaConf.select(config, "trainer.resume"))
+            check_run_dir_free(root, OmegaConf.select(config, "trainer.resume"))
+            check_run_dir_writable(root)
         except RunDirError as e:
             exit_with_error(e)
 

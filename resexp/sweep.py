@@ -32,6 +32,7 @@ from resexp.runs import RunPaths, write_metrics
 log = logging.getLogger("resexp")
 
 INTERRUPTED_EXIT = 130
+BEFORE_TRAINING = "interrupted before training started"  # a run records its own interruption once training runs
 
 
 def error_line(e: BaseException, limit: int = 300) -> str:
@@ -75,8 +76,10 @@ def run_sweep_job(cfg, run: Callable[..., float]) -> float:
     try:
         value = run(cfg)
     except (Interrupted, KeyboardInterrupt) as e:
-        # Ctrl-C (or SIGTERM) stops the whole sweep, not just this job
-        write_metrics(run_dir, {"status": "interrupted", "error": error_line(e), "wall_s": wall()}, merge=True)
+        # Ctrl-C (or SIGTERM) stops the whole sweep, not just this job. An Interrupted comes from the
+        # run, which recorded it as a single run does (resexp/train/stopped.py); before training, nothing had.
+        stop = {} if isinstance(e, Interrupted) else {"status": "interrupted", "error": BEFORE_TRAINING}
+        write_metrics(run_dir, {**stop, "wall_s": wall()}, merge=True)
         if is_main_process():
             log.error(f"job #{num} stopped: {error_line(e)}; the sweep stops here")
             summary_lines(Path(str(hydra_cfg.sweep.dir)))

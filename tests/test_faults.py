@@ -117,6 +117,7 @@ def test_a_sweep_rerun_into_its_directory_leaves_the_earlier_jobs_as_they_were(t
     assert in_process(tmp_path, *args) == 1
     err = capsys.readouterr().err
     assert "1 sweep job(s) were not run: #0: run directory" in err, err
+    assert "choose a new directory (hydra.sweep.dir=...)" in err and "hydra.run.dir" not in err, err
     assert (sweep / "0" / "metrics.json").read_text() == before
     assert not (sweep / "0" / "error.log").exists()
 
@@ -236,3 +237,254 @@ def test_a_class_folder_linked_inside_another_is_an_error_naming_both(tmp_path):
     os.symlink(root / "a" / "sub", root / "c")
     with pytest.raises(DataError, match=f"class folder {root / 'c'} is a folder inside class folder {root / 'a'} "):
         list_images(root, "image_folder")
+
+
+# ---------------------------------------------------------------------- a full disk, a read-only directory
+# 8x8 grey images of 10 classes: the shape of the digits, so that data=digits fits its weights too
+SMALL = ["model=resnet20", "model.stages.depths=[1,1,1]", "data=synthetic", "data.num_samples=64",
+         "data.image_size=8", "data.channels=1", "data.num_classes=10", "data.batch_size=16", "trainer.device=cpu",
+         "trainer.report=false", "trainer.progress=false", "trainer.epochs=1"]
+
+
+def metrics(run_dir: Path) -> dict:
+    import json
+
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def files_in(run_dir: Path) -> list[str]:
+    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() and "tb" not in p.parts)
+
+
+def test_a_full_disk_is_one_line_and_metrics_json_agrees_with_the_files_left(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from resexp.config import compose
+    from resexp.errors import DiskFullError
+    from resexp.train import run
+
+    saves = []
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):  # the second best.pt (no optimizer): the disk fills up half way
+        if "optimizer" not in obj:
+            saves.append(obj["best"]["epoch"])
+            if len(saves) == 2:
+                f.write(b"x" * 1000)
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(DiskFullError) as e:
+        run(compose([*SMALL, "trainer.epochs=4", "optimizer.lr=0.02"]), run_dir=tmp_path)
+    first, failed = saves
+    path = tmp_path / "checkpoints" / "best.pt"
+    assert str(e.value).startswith("no space left on /") and "\n" not in str(e.value)
+    assert f"while writing {path} (" in str(e.value)
+    assert str(e.value).endswith(f"; the previous best.pt (epoch {first}) is intact"), e.value
+    record = metrics(tmp_path)
+    assert record["status"] == "failed" and record["error"] == f"DiskFullError: {e.value}"
+    assert torch.load(path, weights_only=True)["best"]["epoch"] == record["best"]["epoch"] == first
+    assert not [f for f in files_in(tmp_path) if f.endswith(".tmp")], files_in(tmp_path)
+
+
+def test_a_full_disk_on_the_command_line_is_one_line_exit_2(tmp_path, in_process, capsys, monkeypatch):
+    import errno
+
+    import torch
+
+    def no_space(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    d = tmp_path / "run"
+    assert in_process(tmp_path, *SMALL, f"hydra.run.dir={d}") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no space left on /"), err
+    assert f"while writing {d / 'checkpoints' / 'best.pt'} (" in err[0], err
+    assert err[0].endswith(" free); there was no earlier best.pt"), err
+    assert metrics(d)["status"] == "failed" and metrics(d)["best"] == {}
+
+
+@pytest.fixture
+def immutable():
+    """`chattr +i` (root writes past chmod, not past this), undone after the test; skips where unsupported."""
+    import subprocess
+
+    marked = []
+
+    def mark(folder: Path) -> Path:
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not supported here")
+        marked.append(folder)
+        return folder
+
+    try:
+        yield mark
+    finally:
+        for folder in marked:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_a_read_only_run_directory_or_checkpoints_folder_stops_at_start_up(tmp_path, in_process, capsys, immutable):
+    from resexp.config import compose
+    from resexp.errors import RunDirError
+    from resexp.train import run
+
+    d = tmp_path / "ro"
+    d.mkdir()
+    immutable(d)
+    code = in_process(tmp_path, *SMALL, f"hydra.run.dir={d}")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"error: cannot write into {d}: Operation not permitted; make it writable or "
+                                 "choose another directory (hydra.run.dir=...)"], err
+    with pytest.raises(RunDirError, match=f"^cannot write into {d}: "):
+        run(compose(SMALL), run_dir=d / "new" / "run")  # the folder that refuses is named
+
+    a = tmp_path / "a"
+    run(compose(SMALL), run_dir=a)
+    immutable(a / "checkpoints")
+    before = metrics(a)
+    with pytest.raises(RunDirError, match=f"^cannot write into {a / 'checkpoints'}: "):
+        run(compose([*SMALL, "trainer.epochs=2", f"trainer.resume={a}"]), run_dir=a)
+    assert metrics(a) == before
+
+
+# --------------------------------------------------------------- resume: every difference is named
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory) -> Path:
+    from resexp.config import compose
+    from resexp.train import run
+
+    d = tmp_path_factory.mktemp("one_epoch")
+    run(compose(SMALL), run_dir=d)
+    return d
+
+
+@pytest.mark.parametrize("change, was, now", [
+    (["model/block=plain_basic"], "model.block.name=basic_pad", "plain_basic"),
+    (["data=digits"], "data.name=synthetic, data.mean=[0.5], data.std=[0.25]",
+     "digits, [0.3055], [0.376]"),  # the same shape, other images
+    (["optimizer=adam"], "optimizer.name=sgd, optimizer.lr=0.1, optimizer.weight_decay=0.0005", "adam, 0.001, 0.0"),
+    (["seed=1", "scheduler=onecycle"], "scheduler.name=cosine, seed=0", "onecycle, 1"),
+])
+def test_a_resume_that_changes_the_run_names_each_difference(one_epoch, tmp_path, change, was, now):
+    from resexp.config import compose
+    from resexp.errors import CheckpointError
+    from resexp.train import run
+
+    base = [a for a in SMALL if not (a.startswith("data.num_samples") and "data=digits" in change)]
+    with pytest.raises(CheckpointError) as e:
+        run(compose([*base, "trainer.epochs=2", *change, f"trainer.resume={one_epoch}"]), run_dir=tmp_path)
+    line = str(e.value)
+    assert line.startswith(f"trainer.resume={one_epoch}: the run was {was}; now {now}. ") and "\n" not in line, line
+
+
+def test_a_resume_may_change_only_what_leaves_the_numbers_alone_and_auto_finds_by_the_same_rule(one_epoch, tmp_path):
+    import yaml
+
+    from resexp.config import compose, to_plain
+    from resexp.train import checkpoint, run
+
+    same = ["trainer.epochs=2", "trainer.early_stopping_patience=3", "trainer.log_every_n_steps=1",
+            "trainer.deterministic=true", "data.num_workers=0", "data.eval_batch_size=8"]
+    run(compose([*SMALL, *same, f"trainer.resume={one_epoch}"]), run_dir=tmp_path / "resumed")
+    assert metrics(tmp_path / "resumed")["last"]["epoch"] == 2
+
+    outputs = tmp_path / "outputs"
+    (outputs / "old" / "checkpoints").mkdir(parents=True)
+    (outputs / "old" / "checkpoints" / "last.pt").touch()
+    (outputs / "old" / ".hydra").mkdir()
+    old = to_plain(compose(SMALL))
+    del old["trainer"]["tta_flip"]  # a key added since that run: not a difference
+    (outputs / "old" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(old))
+    assert checkpoint.find_auto(to_plain(compose([*SMALL, *same])), outputs) == outputs / "old/checkpoints/last.pt"
+    assert checkpoint.find_auto(to_plain(compose([*SMALL, "model/block=plain_basic"])), outputs) is None
+
+
+# ------------------------------------------------------------------------------------------ signals
+@pytest.fixture
+def no_default_sigterm():
+    """SIGTERM's default handler would end the test process: one that no resexp handler catches raises here."""
+    import signal
+
+    def reached(signum, frame):
+        raise RuntimeError("SIGTERM reached the default handler")
+
+    previous = signal.signal(signal.SIGTERM, reached)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def signal_in_epoch_2(monkeypatch, *signums: int) -> None:
+    """Deliver `signums` once, at the end of the first training step of epoch 2."""
+    import signal
+
+    from resexp.train.trainer import Trainer
+
+    real, sent = Trainer.train_step, []
+
+    def step(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        if self.state.epoch == 1 and not sent:
+            sent.append(True)
+            for s in signums:
+                signal.raise_signal(s)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+
+
+@pytest.mark.parametrize("sweep, signums, expected", [
+    (False, ["SIGTERM"], "stopped by SIGTERM in epoch 2 after batch 1; last.pt saved. Resume with: python -m resexp "
+                         "<same overrides> trainer.resume={d}"),
+    (True, ["SIGTERM"], "stopped by SIGTERM in epoch 2 after batch 1; last.pt saved. Resume with: python -m resexp "
+                        "<same overrides> trainer.resume={d}"),
+    (False, ["SIGINT", "SIGINT"], "stopped at once by a second SIGINT; last.pt is from after epoch 1. Resume with: "
+                                  "python -m resexp <same overrides> trainer.resume={d}"),
+])
+def test_a_signal_in_training_is_one_line_exit_130_and_recorded_interrupted(
+        tmp_path, in_process, capsys, monkeypatch, no_default_sigterm, sweep, signums, expected):
+    import signal
+
+    signal_in_epoch_2(monkeypatch, *(getattr(signal, s) for s in signums))
+    where = ["-m", f"hydra.sweep.dir={tmp_path / 'sweep'}"] if sweep else [f"hydra.run.dir={tmp_path / 'run'}"]
+    d = tmp_path / "sweep" / "0" if sweep else tmp_path / "run"
+    assert in_process(tmp_path, *where[:-1], *SMALL, "trainer.epochs=2", where[-1]) == 130
+    line = expected.format(d=d)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (err == [f"error: {line}"]) if not sweep else "Traceback" not in "".join(err), err
+    record = metrics(d)
+    assert record["status"] == "interrupted" and record["error"] == f"Interrupted: {line}", record
+    assert record["best"]["epoch"] == 1 and [r["epoch"] for r in record["history"]] == [1]
+
+
+@pytest.mark.parametrize("during, missing", [
+    ("final_evaluation", "best.pt's re-evaluation and the run report"),
+    ("write_run_report", "the run report"),
+])
+def test_a_sigterm_after_training_is_one_line_and_says_what_is_missing(
+        tmp_path, in_process, capsys, monkeypatch, no_default_sigterm, during, missing):
+    import importlib
+    import signal
+
+    run_module = importlib.import_module("resexp.train.run")  # the module, not the function of that name
+    real = getattr(run_module, during)
+
+    def step(*args, **kwargs):  # the step starts: the job's time is up
+        signal.raise_signal(signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, during, step)
+    d = tmp_path / "run"
+    assert in_process(tmp_path, *SMALL, "trainer.report=true", f"hydra.run.dir={d}") == 130
+    stage = missing.split(" and ")[0]
+    line = (f"stopped by SIGTERM after training, during {stage}: training is complete (last.pt after epoch 1, "
+            f"best.pt epoch 1); not complete: {missing}. To write it: python -m resexp <same overrides> "
+            f"trainer.resume={d}")
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {line}"]
+    record = metrics(d)
+    assert record["status"] == "interrupted" and record["error"] == f"Interrupted: {line}"
+    assert not (d / "model.json").exists()

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from resexp.config import saved_config
 from resexp.errors import CheckpointError
 from resexp.files import atomic_write
 from resexp.runs import RunFacts, RunPaths
+from resexp.train.continuation import check_continuation, differences
 from resexp.train.environment import rng_state, set_rng_state
 from resexp.train.state import STATE_KEYS, TrainingState
 
@@ -122,27 +122,19 @@ def resolve(resume: str, outputs_root: Path) -> Path:
     return p
 
 
-def _comparable(config: dict) -> dict:
-    """A config without the keys that may differ between a run and its continuation."""
-    cfg = OmegaConf.create(config)
-    for key in ("trainer.resume", "trainer.epochs", "trainer.progress"):
-        OmegaConf.update(cfg, key, None, force_add=True)
-    return OmegaConf.to_container(cfg)
-
-
 def find_auto(config: dict, outputs_root: Path, exclude: Path | None = None) -> Path | None:
     """The newest `last.pt` under `outputs_root` whose run had the same config (resume=auto).
 
-    Runs are compared by their `.hydra/config.yaml` (the composed config), which is cheap to read.
+    Runs are compared by their `.hydra/config.yaml` (the composed config), which is cheap to read, by
+    the rule that `trainer.resume` checks (continuation.py).
     """
-    target = _comparable(config)
     candidates = sorted(outputs_root.glob("**/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
     for path in candidates:
         run_dir = path.parent.parent
         saved = RunPaths(run_dir).config
         if (exclude is not None and run_dir == exclude) or not saved.is_file():
             continue
-        if _comparable(saved_config(OmegaConf.to_container(OmegaConf.load(saved)))) == target:
+        if not differences(OmegaConf.to_container(OmegaConf.load(saved)), config):
             return path
     return None
 
@@ -193,6 +185,7 @@ class Checkpoints:
         if self.write and source.resolve() != self.paths.checkpoints.resolve():  # the run continued, elsewhere
             remove_stale_temporaries(source, min_age_s=FOREIGN_TEMP_AGE_S)
         saved = load(path, map_location=device, needs=LAST_NEEDS)
+        check_continuation(saved.get("config"), self.common["config"], path)
         check_compatible(saved["model"], parts["model"], path)
         for name, part in parts.items():
             if part is not None and saved.get(name) is not None:  # a run without EMA saved ema=None

@@ -4,13 +4,16 @@ say how this run differs, not all ~60 of them (the whole config is on TensorBoar
 
 Shown: every key set away from the default composition (`python -m resexp` with no overrides), every
 key named on the run's command line (so a sweep's keys are columns for all its jobs, also the job
-whose value is the default), and the few keys every comparison needs (`ALWAYS`). TensorBoard lists
+whose value is the default), and the few keys every comparison needs (`ALWAYS`); not the keys that
+leave the numbers alone (device, workers, logging: continuation.NOT_THE_NUMBERS). TensorBoard lists
 the keys whose values differ across the runs shown first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+from resexp.train.continuation import NOT_THE_NUMBERS
 
 ALWAYS = ("model.name", "data.name", "optimizer.name", "optimizer.lr", "data.batch_size", "trainer.epochs", "seed")
 
@@ -42,5 +45,5 @@ def shown_hparams(config: dict, defaults: dict, overrides: Iterable[str] = ()) -
     is the default composition."""
     params, default = flatten(config), flatten(defaults)
     keep = {k for k, v in params.items() if k not in default or default[k] != v}
-    keep |= override_keys(overrides) | set(ALWAYS)
+    keep = (keep | override_keys(overrides) | set(ALWAYS)) - NOT_THE_NUMBERS
     return {k: v for k, v in sorted(params.items()) if k in keep}

@@ -21,11 +21,13 @@ from resexp.models.pretrained import check_pretrained, existing_file, load_backb
 from resexp.models.summary import count_params
 from resexp.optim import OPTIMIZERS, SCHEDULERS, check_optimizer
 from resexp.reports.run import write_run_report
-from resexp.runs import RunFacts, RunPaths, check_run_dir_free
+from resexp.runs import RunFacts, RunPaths, check_run_dir_free, check_run_dir_writable
 from resexp.train import checkpoint
 from resexp.train.environment import Env, autocast, configure_determinism, seed_everything, setup, shared_run_dir
 from resexp.train.evaluation import final_evaluation
 from resexp.train.logger import RunLogger
+from resexp.train.signals import stop_at_once
+from resexp.train.stopped import EVALUATION, REPORT, TRAINING, record_stop
 from resexp.train.trainer import Trainer, check_trainer
 
 log = logging.getLogger("resexp")
@@ -74,6 +76,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
     paths = RunPaths(shared_run_dir(run_dir, env))  # DDP: every rank works in rank 0's directory
     if env.is_main:
         check_run_dir_free(paths.root, cfg.trainer.resume)
+        check_run_dir_writable(paths.root)
     seed_everything(cfg.seed)
     configure_determinism(cfg.trainer.deterministic, env.device)
 
@@ -136,7 +139,8 @@ def prepare_run_dir(paths: RunPaths, composed: dict, data, facts: RunFacts, env:
 
 
 def fit_and_report(trainer: Trainer, cfg: DictConfig, resume_path: Path | None) -> float:
-    """Resume if asked, fit, re-evaluate best.pt, write the run report; metrics.json says how it ended."""
+    """Resume if asked, fit, re-evaluate best.pt, write the run report; metrics.json says how it ended
+    (completed, failed or interrupted: stopped.py)."""
     env = trainer.env
     if resume_path is not None:
         trainer.resume(resume_path)
@@ -146,17 +150,23 @@ def fit_and_report(trainer: Trainer, cfg: DictConfig, resume_path: Path | None) 
     logger = trainer.logger = RunLogger(trainer.run_dir, enabled=env.is_main, progress=cfg.trainer.progress,
                                         purge_step=trainer.state.global_step if resume_path else None)
     logger.config(cfg)
+    stage = TRAINING
     try:
-        trainer.fit()
-        final, val = final_evaluation(trainer, collect=cfg.trainer.report)
-        # figures, model summary, safetensors from that same validation pass; {"per_class": ...}
-        report = write_run_report(trainer, final, val) if cfg.trainer.report else {}
-        extra = {"resumed_from": str(resume_path)} if resume_path else {}
-        metrics = trainer.write_metrics(status="completed", **extra, **report)
-        logger.hparams(final)
+        with stop_at_once():  # outside fit's own handling (finish the step, save last.pt) a signal stops at once
+            trainer.fit()
+            stage = EVALUATION
+            final, val = final_evaluation(trainer, collect=cfg.trainer.report)
+            stage = REPORT
+            # figures, model summary, safetensors from that same validation pass; {"per_class": ...}
+            report = write_run_report(trainer, final, val) if cfg.trainer.report else {}
+            extra = {"resumed_from": str(resume_path)} if resume_path else {}
+            logger.hparams(final)
+            metrics = trainer.write_metrics(status="completed", **extra, **report)
         return metrics["best"]["val_acc"]
-    except Exception as e:
-        trainer.write_metrics(status="failed", error=f"{type(e).__name__}: {e}")
-        raise
+    except (Exception, KeyboardInterrupt) as e:
+        error = record_stop(trainer, e, stage)  # metrics.json as the files on disk are
+        if error is e:
+            raise
+        raise error from e
     finally:
         logger.close()

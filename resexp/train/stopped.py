@@ -1,0 +1,81 @@
+"""A run that stops before it completes: metrics.json agrees with the files on disk (its `best` is the
+epoch best.pt holds, even when the save of a newer one failed) and says what is complete and what is
+not, and the error to show is one line:
+
+    interrupted  a signal: where last.pt is from and how to resume, or what of the after-run report is missing
+    failed       an error; a full disk names the file, the file system, and the previous file that is intact
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+import torch
+
+from resexp.errors import DiskFullError
+from resexp.train.signals import Interrupted, StopNow, position, resume_hint
+
+log = logging.getLogger("resexp")
+
+# fit_and_report's stages, as a message names them
+TRAINING, EVALUATION, REPORT = "training", "best.pt's re-evaluation", "the run report"
+
+
+def _held(path: Path) -> dict | None:
+    """A checkpoint's plain entries, or None when there is none (mmap: its tensors are not read)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - a missing or unreadable file holds nothing a message can name
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _when(path: Path, held: dict) -> str:
+    """Where a checkpoint file is from: best.pt's epoch, last.pt's position."""
+    if path.name == "best.pt":
+        return f"epoch {held.get('best', {}).get('epoch')}"
+    return position(held.get("epoch", 0), held.get("batch", 0))
+
+
+def record_stop(trainer, e: BaseException, stage: str) -> BaseException:
+    """Write metrics.json for a run that `e` stopped during `stage` and return the error to raise: a
+    one-line Interrupted for a signal, a DiskFullError that says what is intact, or `e` itself."""
+    paths, run_dir = trainer.checkpoints.paths, trainer.run_dir
+    best, last = (_held(p) if trainer.env.is_main else None for p in (paths.best, paths.last))
+    status, error = "failed", e
+    if isinstance(e, Interrupted):  # the first signal in training: last.pt was saved, and the line says so
+        status = "interrupted"
+    elif isinstance(e, KeyboardInterrupt):
+        name = signal.Signals(e.signum).name if isinstance(e, StopNow) else "SIGINT"
+        status = "interrupted"
+        if stage == TRAINING:
+            error = Interrupted(f"stopped at once by a second {name}; " + (
+                f"last.pt is from {_when(paths.last, last)}. {resume_hint(run_dir)}" if last else
+                "no last.pt was written yet"))
+        else:
+            missing = [EVALUATION] if stage == EVALUATION else []
+            missing += [REPORT] if trainer.tcfg.report else []
+            error = Interrupted(
+                f"stopped by {name} after training, during {stage}: training is complete (last.pt "
+                f"{_when(paths.last, last or {})}, best.pt {_when(paths.best, best or {})}); not complete: "
+                f"{' and '.join(missing)}. To write it: python -m resexp <same overrides> trainer.resume={run_dir}")
+    elif isinstance(e, DiskFullError):
+        path = Path(e.path)
+        held = {paths.best: best, paths.last: last}.get(path, {})  # other files: metrics.json, the report's
+        intact = f"; the previous {path.name}{f' ({_when(path, held)})' if held else ''} is intact" \
+            if held is not None else f"; there was no earlier {path.name}"
+        if held and path == paths.last:
+            intact += f". {resume_hint(run_dir)} once there is space"
+        error = DiskFullError(f"{e}{intact}", path)
+    extra = {}
+    if best is not None and best.get("best", {}).get("epoch") != trainer.state.monitor.best.get("epoch"):
+        extra["best"] = best["best"]  # the save of a newer best failed: best.pt still holds this one
+    elif best is None and trainer.env.is_main:
+        extra["best"] = {}
+    try:
+        trainer.write_metrics(status=status, error=f"{type(error).__name__}: {error}", **extra)
+    except DiskFullError as full:  # nothing more can be recorded
+        log.error(f"metrics.json could not be updated: {full}")
+    return error
