@@ -218,3 +218,43 @@ def test_git_state_names_the_commit_and_a_changed_tracked_file(tmp_path):
     (tmp_path / "a.txt").write_text("2")
     assert git_state(tmp_path)["dirty"] is True
     assert git_state(tmp_path.parent) is None or git_state(tmp_path.parent)["root"] != str(tmp_path)
+
+
+def test_a_tracker_that_fails_mid_run_is_dropped_and_an_open_run_ends_interrupted(tmp_path, caplog):
+    from resexp.trackers import TrackedRun, Tracker
+    from resexp.train.logger import RunLogger
+
+    class Recording(Tracker):
+        name, package = "recording", "json"
+
+        def __init__(self, fail: bool):
+            super().__init__(None)
+            self.fail, self.calls = fail, []
+
+        def start(self, run):
+            return {"id": self.name}
+
+        def log_epoch(self, values, step):
+            if self.fail:
+                raise ConnectionError("server gone")
+            self.calls.append(("epoch", step, values["train/loss"]))
+
+        def log_best(self, metrics):
+            self.calls.append(("best", metrics))
+
+        def log_artifacts(self, files, root):
+            self.calls.append(("files", files))
+
+        def finish(self, status, error=None):
+            self.calls.append(("finish", status, error))
+
+    broken, kept = Recording(fail=True), Recording(fail=False)
+    logger = RunLogger(tmp_path, enabled=True, progress=False, tensorboard=False, trackers=[broken, kept])
+    assert logger.start(TrackedRun(tmp_path, tmp_path, {}, {}, {})) == {"recording": {"id": "recording"}}
+    row = {"epoch": 1, "train_loss": 0.5, "train_acc": 0.5, "val_loss": None, "val_acc": None, "val_acc5": None,
+           "lr": 0.1, "seconds": 1.0, "images_per_s": 10.0}
+    logger.epoch(row, epochs=2, is_best=False)  # the broken one is dropped; training goes on
+    assert "logger=recording: log_epoch failed (ConnectionError: server gone)" in caplog.text
+    logger.close()  # a second Ctrl-C skipped finish: the run still ends, as interrupted
+    assert broken.calls == [] and kept.calls == [("epoch", 1, 0.5), ("finish", "interrupted", None)]
+    assert not (tmp_path / "tb").exists()  # logger=... without tensorboard writes no events

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def label(path: Path, outputs: Path) -> str:
     return str(path.relative_to(outputs.resolve())) if path.is_relative_to(outputs.resolve()) else path.name
 
 
-class Tracker:
+class Tracker(ABC):
     """The interface: a run's start, its epochs, its best metrics, its files and its end."""
 
     name: str  # the config section and registry key
@@ -61,32 +62,34 @@ class Tracker:
     def __init__(self, cfg):
         self.cfg = cfg  # this tracker's section of cfg.logger
 
+    @abstractmethod
     def start(self, run: TrackedRun) -> dict:
         """Open (or, for a resumed run, reopen) the tracker's run; returns the ids run_info.json keeps."""
-        raise NotImplementedError
 
+    @abstractmethod
     def log_epoch(self, values: dict[str, float], step: int) -> None:
-        raise NotImplementedError
+        """The epoch's metrics (TensorBoard's names), at step = epoch."""
 
+    @abstractmethod
     def log_best(self, metrics: dict[str, float]) -> None:
-        raise NotImplementedError
+        """best.pt's re-evaluated metrics (epoch, val_acc, val_loss, ...)."""
 
+    @abstractmethod
     def log_artifacts(self, files: list[Path], root: Path) -> None:
         """Files of the run directory, kept under their paths relative to `root`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def finish(self, status: str, error: str | None = None) -> None:
         """status: completed, failed or interrupted (as metrics.json says), with the error's line."""
-        raise NotImplementedError
 
     @classmethod
     def sweep_started(cls, cfg, sweep_dir: Path, outputs: Path) -> dict | None:
         """What the sweep's jobs need to join the sweep (kept in trackers.json); None: nothing."""
         return None
 
-    @classmethod
+    @classmethod  # noqa: B027 - optional: nothing to close by default
     def sweep_ended(cls, cfg, ids: dict, failed: bool) -> None:
-        pass
+        """Close what sweep_started opened (`ids`); `failed`: a job did not complete."""
 
 
 TRACKERS: Registry[type[Tracker]] = Registry("tracker")
