@@ -174,6 +174,8 @@ class SweepCallback(Callback):
                 exit_with_error(e)
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
+        from resexp.trackers import chosen, end_sweep
+
         if not is_main_process():
             return
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -183,9 +185,7 @@ class SweepCallback(Callback):
         for line in lines:
             log.info(line)
         failed = [j for j in jobs if j.status != "completed"]
-        from resexp.trackers import chosen, end_sweep
-
-        if chosen(config.get("logger")):
+        if chosen(config.get("logger")):  # the parent run ends FAILED when a job did not complete
             end_sweep(config.logger, sweep_dir, failed=bool(failed or REFUSED))
         if REFUSED:
             print(f"error: {len(REFUSED)} sweep job(s) were not run: {'; '.join(REFUSED)}", file=sys.stderr)
