@@ -114,7 +114,7 @@ def test_a_run_and_its_resume_are_one_mlflow_run_and_one_wandb_run_id(tmp_path, 
     tags = ml.data.tags
     assert tags["model"] == "resnet20" and tags["data"] == "synthetic" and tags["host"] and tags["torch"]
     checkout = git_state(Path(__file__).resolve().parents[1])
-    if checkout is not None:  # run from a checkout: resexp's commit (the cwd is no repository)
+    if checkout is not None:  # run from a checkout: its commit (the cwd's too when pytest runs there)
         assert tags["git_commit"] == checkout["commit"]
     client = MlflowClient(tracking_uri=uri)
     artifacts = {f.path for f in client.list_artifacts(ml.info.run_id)}
