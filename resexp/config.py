@@ -270,6 +270,34 @@ class TrainerConfig:
     report: bool = True  # after the run: curves, confusion matrix, predictions, summary, safetensors
 
 
+# ------------------------------------------------------------------------------------------- logger
+# Each option of conf/logger/ fills its own section (logger.mlflow.tracking_uri), so several can be
+# chosen at once (logger=[tensorboard,mlflow]); a section left null is a tracker not chosen.
+@dataclass
+class TensorBoardConfig:  # events in <run dir>/tb/
+    pass
+
+
+@dataclass
+class MLflowConfig:
+    tracking_uri: str | None = None  # None: SQLite at outputs/mlflow.db, artifacts in outputs/mlartifacts/
+    experiment: str = "resexp"
+
+
+@dataclass
+class WandbConfig:
+    project: str = "resexp"
+    entity: str | None = None
+    mode: str = "offline"  # offline (upload later with `wandb sync`), online or disabled
+
+
+@dataclass
+class LoggerConfig:
+    tensorboard: TensorBoardConfig | None = None
+    mlflow: MLflowConfig | None = None
+    wandb: WandbConfig | None = None
+
+
 @dataclass
 class RunConfig:  # the groups' containers; each option's own schema fills them in
     model: ModelConfig = MISSING
@@ -277,6 +305,7 @@ class RunConfig:  # the groups' containers; each option's own schema fills them 
     optimizer: OptimizerConfig = MISSING
     scheduler: SchedulerConfig = MISSING
     trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
 
 
@@ -358,10 +387,13 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
 #   command line replaced (`experiment=r6_mnist_lenet5_tuned optimizer=adam`: the preset's sgd keys
 #   momentum/nesterov go with sgd). A key typed on the command line is still checked strictly.
 # - load_configuration: every composition error becomes a one-line ConfigError.
+# - _apply_overrides_to_config: a key set under a null node (logger.mlflow.experiment=x while
+#   logger=mlflow is not chosen) names that node; OmegaConf would fail with a bare AssertionError.
 from hydra._internal.config_loader_impl import ConfigLoaderImpl  # noqa: E402
 
 _hydra_compose = ConfigLoaderImpl._compose_config_from_defaults_list
 _hydra_load = ConfigLoaderImpl.load_configuration
+_hydra_apply = ConfigLoaderImpl._apply_overrides_to_config
 _choices: dict[str, str] = {}  # package -> option of the latest composition, for the error message
 _report: list[Callable[[ConfigError], None]] = []  # set by report_errors()
 
@@ -416,7 +448,21 @@ def _load_configuration(self, *args, **kwargs):
         raise error from e
 
 
+def _apply_overrides_to_config(overrides, cfg) -> None:
+    for override in overrides:
+        parts = override.key_or_group.split(".")
+        for i in range(1, len(parts)):
+            node = ".".join(parts[:i])
+            if OmegaConf.select(cfg, node, default=0) is None:
+                group, _, option = node.rpartition(".")
+                hint = f"; choose it: {group}={option}, or with others: {group}=[...,{option}]" \
+                    if group and (conf_dir() / group / f"{option}.yaml").is_file() else ""
+                raise ConfigCompositionException(f"{override.input_line}: {node} is null in this config{hint}")
+    _hydra_apply(overrides, cfg)
+
+
 ConfigLoaderImpl._compose_config_from_defaults_list = _compose_config_from_defaults_list
+ConfigLoaderImpl._apply_overrides_to_config = staticmethod(_apply_overrides_to_config)
 ConfigLoaderImpl.load_configuration = _load_configuration
 
 

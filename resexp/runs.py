@@ -5,6 +5,8 @@ data, and the one writer of metrics.json.
       .hydra/config.yaml, .hydra/overrides.yaml   the composed config and the overrides
       checkpoints/best.pt, checkpoints/last.pt
       metrics.json, data_split.json, tb/, error.log (a failed sweep job)
+      run_info.json   what reproduces the run: versions, git commit, devices, command line, trackers' run ids
+      wandb/          logger=wandb: the W&B run (offline: wandb sync <run dir>/wandb/offline-run-*)
       curves.png, confusion_matrix.png, predictions.png, model_summary.txt, best.safetensors, model.json
 """
 
@@ -38,6 +40,7 @@ class RunPaths:
     error_log: Path = field(init=False)
     weights: Path = field(init=False)  # best.safetensors: the best weights without pickles
     card: Path = field(init=False)  # model.json: how to rebuild and feed the network
+    run_info: Path = field(init=False)  # run_info.json: what reproduces the run (resexp/provenance.py)
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -47,6 +50,7 @@ class RunPaths:
         self.config, self.overrides = self.root / ".hydra" / "config.yaml", self.root / ".hydra" / "overrides.yaml"
         self.tensorboard, self.error_log = self.root / "tb", self.root / "error.log"
         self.weights, self.card = self.root / "best.safetensors", self.root / "model.json"
+        self.run_info = self.root / "run_info.json"
 
     def report_file(self, name: str) -> Path:
         """One of the run report's files (curves.png, model.json, ...): they sit at the top level."""
@@ -94,6 +98,14 @@ class RunFacts:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return int(self.in_channels), int(self.image_size), int(self.image_size)
+
+
+def outputs_root(run_dir: Path) -> Path:
+    """`outputs/` for `outputs/<date>/<time>` and `outputs/multirun/<date>/<time>/<n>`."""
+    for parent in run_dir.resolve().parents:
+        if parent.name == "outputs":
+            return parent
+    return run_dir.resolve().parent.parent
 
 
 def earlier_run(root: Path) -> str | None:

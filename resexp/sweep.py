@@ -25,9 +25,9 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from resexp.errors import RunDirError
+from resexp.errors import ResexpError, RunDirError
 from resexp.ranks import is_main_process
-from resexp.runs import RunPaths, write_metrics
+from resexp.runs import RunPaths, outputs_root, write_metrics
 
 log = logging.getLogger("resexp")
 
@@ -162,11 +162,23 @@ class SweepCallback(Callback):
     and exits non-zero when a job did not complete. Continues an Optuna study kept in a storage."""
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
+        from resexp.trackers import chosen, start_sweep
+
         sweeper = config.hydra.sweeper
         if "optuna" in str(sweeper.get("_target_", "")) and sweeper.get("storage") and sweeper.get("study_name"):
             continue_optuna_study(config)
+        if is_main_process() and chosen(config.get("logger")):  # the sweep's parent run (MLflow)
+            from resexp.cli import exit_with_error
+
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            try:
+                start_sweep(config.logger, sweep_dir, outputs_root(sweep_dir))
+            except ResexpError as e:
+                exit_with_error(e)
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
+        from resexp.trackers import chosen, end_sweep
+
         if not is_main_process():
             return
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -176,6 +188,8 @@ class SweepCallback(Callback):
         for line in lines:
             log.info(line)
         failed = [j for j in jobs if j.status != "completed"]
+        if chosen(config.get("logger")):  # the parent run ends FAILED when a job did not complete
+            end_sweep(config.logger, sweep_dir, failed=bool(failed or REFUSED))
         if REFUSED:
             print(f"error: {len(REFUSED)} sweep job(s) were not run: {'; '.join(REFUSED)}", file=sys.stderr)
             sys.stderr.flush()

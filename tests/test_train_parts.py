@@ -159,7 +159,7 @@ def test_hparams_shown_are_the_keys_a_run_changed_its_command_line_and_the_essen
               "trainer": {"precision": "bf16", "epochs": 10}}
     # a sweep's key is a column for every job, also the one whose value is the default
     shown = shown_hparams(config, defaults, ["optimizer.lr=0.1", "model/block=plain_basic", "+trainer.epochs=10",
-                                             "trainer.progress=false", "data.num_workers=4"])
+                                             "trainer.progress=false", "data.num_workers=4", "logger=mlflow"])
     assert set(shown) == set(ALWAYS) | {"model.block.name", "trainer.precision"}
     assert shown["model.block.name"] == "plain_basic" and shown["trainer.precision"] == "bf16"
     assert "trainer.precision" not in shown_hparams(defaults, defaults)

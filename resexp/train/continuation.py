@@ -14,8 +14,8 @@ from resexp.errors import CheckpointError
 NOT_THE_NUMBERS = frozenset({
     # where it continues from (bit for bit the run never stopped)
     "trainer.resume",
-    # what it prints or writes besides the training itself
-    "trainer.progress", "trainer.log_every_n_steps", "trainer.report",
+    # what it prints or writes besides the training itself (a key's sub-keys go with it: logger.mlflow.*)
+    "trainer.progress", "trainer.log_every_n_steps", "trainer.report", "logger",
     # where and how fast: batches and augmentation are seeded by (seed, epoch, batch), not by device or worker
     "trainer.device", "trainer.compile", "trainer.compile_mode", "trainer.channels_last", "trainer.deterministic",
     "data.num_workers", "data.eval_batch_size",
@@ -24,6 +24,12 @@ NOT_THE_NUMBERS = frozenset({
 })
 # and how long: the run's own history and position come from last.pt
 MAY_DIFFER = NOT_THE_NUMBERS | {"trainer.epochs", "trainer.early_stopping_patience"}
+
+
+def listed(key: str, keys: frozenset[str]) -> bool:
+    """`key` or a section above it is in `keys`."""
+    parts = key.split(".")
+    return any(".".join(parts[:i]) in keys for i in range(1, len(parts) + 1))
 
 SHOWN = 8  # differences named in the message; the rest are counted
 
@@ -43,7 +49,7 @@ def differences(run: Mapping, new: Mapping) -> list[tuple[str, object, object]]:
     has is skipped: an older version's config lacks keys added since, and an option's own keys
     (sgd's momentum, adam's betas) differ only with its name, which both have."""
     old, now = _leaves(saved_config(run)), _leaves(saved_config(new))
-    return [(k, old[k], now[k]) for k in now if k in old and k not in MAY_DIFFER and old[k] != now[k]]
+    return [(k, old[k], now[k]) for k in now if k in old and not listed(k, MAY_DIFFER) and old[k] != now[k]]
 
 
 def _text(v) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from resexp.train.continuation import NOT_THE_NUMBERS
+from resexp.train.continuation import NOT_THE_NUMBERS, listed
 
 ALWAYS = ("model.name", "data.name", "optimizer.name", "optimizer.lr", "data.batch_size", "trainer.epochs", "seed")
 
@@ -45,5 +45,5 @@ def shown_hparams(config: dict, defaults: dict, overrides: Iterable[str] = ()) -
     is the default composition."""
     params, default = flatten(config), flatten(defaults)
     keep = {k for k, v in params.items() if k not in default or default[k] != v}
-    keep = (keep | override_keys(overrides) | set(ALWAYS)) - NOT_THE_NUMBERS
-    return {k: v for k, v in sorted(params.items()) if k in keep}
+    keep |= override_keys(overrides) | set(ALWAYS)
+    return {k: v for k, v in sorted(params.items()) if k in keep and not listed(k, NOT_THE_NUMBERS)}

@@ -1,5 +1,5 @@
-"""What a run tells the world as it trains: TensorBoard events and one console line per epoch
-(metrics.json is resexp.runs.write_metrics).
+"""What a run tells the world as it trains: TensorBoard events, the experiment trackers the `logger`
+config chooses (resexp/trackers/) and one console line per epoch (metrics.json is resexp.runs.write_metrics).
 
 Only the main process (rank 0) writes; the others get a logger that does nothing.
 """
@@ -15,18 +15,22 @@ from tqdm.auto import tqdm
 
 from resexp.config import compose, to_plain
 from resexp.runs import RunPaths
+from resexp.trackers import TrackedRun, Tracker, run_files
 from resexp.train.hparams import shown_hparams
 
 log = logging.getLogger("resexp")
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, enabled: bool, progress: bool | None, purge_step: int | None = None):
+    def __init__(self, run_dir: Path, enabled: bool, progress: bool | None, purge_step: int | None = None,
+                 tensorboard: bool = True, trackers: list[Tracker] = ()):
         self.run_dir = run_dir
         self.enabled = enabled
         self.progress = enabled and (sys.stderr.isatty() if progress is None else progress)
         self.writer = None
-        if enabled:
+        self.trackers: list[Tracker] = list(trackers) if enabled else []
+        self.started: list[Tracker] = []  # the trackers with an open run
+        if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(RunPaths(run_dir).tensorboard), purge_step=purge_step)
@@ -53,12 +57,15 @@ class RunLogger:
                 self.writer.add_scalar("train/loss_step", loss, step)
 
     def epoch(self, row: dict, epochs: int, is_best: bool) -> None:
-        """A finished epoch's row (the trainer's history): TensorBoard scalars and the console line."""
-        self.scalars({
+        """A finished epoch's row (the trainer's history): TensorBoard scalars, the trackers' metrics
+        (under the same names) and the console line."""
+        values = {
             "train/loss": row["train_loss"], "train/acc": row["train_acc"], "val/loss": row["val_loss"],
             "val/acc": row["val_acc"], "val/acc5": row["val_acc5"], "train/lr": row["lr"],
             "train/throughput": row["images_per_s"],
-        }, step=row["epoch"])
+        }
+        self.scalars(values, step=row["epoch"])
+        self._each("log_epoch", {k: v for k, v in values.items() if v is not None}, row["epoch"])
         if not self.enabled:
             return
         val = ""
@@ -93,6 +100,41 @@ class RunLogger:
             for name in ("loss", "acc", "acc5"):
                 marker.add_scalar(f"val/{name}", best[f"val_{name}"], best["epoch"])
 
+    # --- experiment trackers ------------------------------------------------------------------
+    def start(self, run: TrackedRun) -> dict:
+        """Open each tracker's run; returns their ids by tracker (run_info.json keeps them). A tracker
+        that cannot start stops the run before training (the ones already open end as failed)."""
+        ids = {}
+        for tracker in self.trackers:
+            try:
+                ids[tracker.name] = tracker.start(run)
+            except Exception:
+                self.finish("failed", f"logger={tracker.name} could not start")
+                raise
+            self.started.append(tracker)
+        return ids
+
+    def finish(self, status: str, error: str | None = None, best: dict | None = None) -> None:
+        """End the trackers' runs: completed ones with the best metrics and the run directory's files."""
+        if best is not None:
+            self._each("log_best", {k: v for k, v in best.items() if isinstance(v, (int, float))})
+            self._each("log_artifacts", run_files(self.run_dir), self.run_dir)
+        self._each("finish", status, error)
+        self.started.clear()
+
+    def _each(self, method: str, *args) -> None:
+        """Call a method of every open tracker. A tracker that fails (its server is gone) is dropped with
+        a warning: losing the tracker's record must not cost the training run."""
+        for tracker in list(self.started):
+            try:
+                getattr(tracker, method)(*args)
+            except Exception as e:  # noqa: BLE001
+                log.warning(f"logger={tracker.name}: {method} failed ({type(e).__name__}: {e}); "
+                            f"it records nothing more for this run")
+                self.started.remove(tracker)
+
     def close(self) -> None:
         if self.writer:
             self.writer.close()
+        if self.started:  # left open by an interruption (a second Ctrl-C) that skipped finish
+            self.finish("interrupted")

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from resexp import provenance
 from resexp.config import to_plain
 from resexp.data import DATASETS, build_data
 from resexp.data.common import is_missing
@@ -21,12 +22,14 @@ from resexp.models.pretrained import check_pretrained, existing_file, load_backb
 from resexp.models.summary import count_params
 from resexp.optim import OPTIMIZERS, SCHEDULERS, check_optimizer
 from resexp.reports.run import write_run_report
-from resexp.runs import RunFacts, RunPaths, check_run_dir_free, check_run_dir_writable
+from resexp.runs import RunFacts, RunPaths, check_run_dir_free, check_run_dir_writable, outputs_root
+from resexp.sweep import error_line
+from resexp.trackers import TrackedRun, build_trackers, check_trackers, current_sweep
 from resexp.train import checkpoint
 from resexp.train.environment import Env, autocast, configure_determinism, seed_everything, setup, shared_run_dir
 from resexp.train.evaluation import final_evaluation
 from resexp.train.logger import RunLogger
-from resexp.train.signals import stop_at_once
+from resexp.train.signals import Interrupted, stop_at_once
 from resexp.train.stopped import EVALUATION, REPORT, TRAINING, record_stop
 from resexp.train.trainer import Trainer, check_trainer
 
@@ -37,14 +40,6 @@ def hydra_run_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir)
-
-
-def outputs_root(run_dir: Path) -> Path:
-    """`outputs/` for `outputs/<date>/<time>` and `outputs/multirun/<date>/<time>/<n>`."""
-    for parent in run_dir.resolve().parents:
-        if parent.name == "outputs":
-            return parent
-    return run_dir.resolve().parent.parent
 
 
 def check_choices(cfg: DictConfig, device: torch.device) -> None:
@@ -62,6 +57,7 @@ def check_choices(cfg: DictConfig, device: torch.device) -> None:
     SCHEDULERS.get(cfg.scheduler.name)
     check_trainer(cfg.trainer)
     check_image_size(cfg.model, cfg.data.image_size)
+    check_trackers(cfg.get("logger"))
     autocast(device, cfg.trainer.precision)
     if cfg.model.pretrained:
         check_pretrained(cfg.model.pretrained, cfg.model.name, cfg.model.arch)
@@ -138,6 +134,18 @@ def prepare_run_dir(paths: RunPaths, composed: dict, data, facts: RunFacts, env:
              f"images, {facts.num_classes} classes; device {env.device}; run dir {paths.root}")
 
 
+def start_tracking(logger: RunLogger, cfg: DictConfig, trainer: Trainer, resume_path: Path | None) -> None:
+    """run_info.json and the trackers' runs (rank 0); a resumed run continues the runs it recorded."""
+    env, paths = trainer.env, RunPaths(trainer.run_dir)
+    if not env.is_main:
+        return
+    info = provenance.collect(str(env.device), env.world_size)
+    previous = provenance.original(paths, resume_path).get("trackers", {}) if resume_path else {}
+    tracked = TrackedRun(paths.root, outputs_root(paths.root), to_plain(cfg), info,
+                         provenance.tags(info, cfg.model.name, cfg.data.name), current_sweep(), previous)
+    provenance.record(paths, info, logger.start(tracked), resume_path)
+
+
 def fit_and_report(trainer: Trainer, cfg: DictConfig, resume_path: Path | None) -> float:
     """Resume if asked, fit, re-evaluate best.pt, write the run report; metrics.json says how it ended
     (completed, failed or interrupted: stopped.py)."""
@@ -147,11 +155,15 @@ def fit_and_report(trainer: Trainer, cfg: DictConfig, resume_path: Path | None) 
         if env.is_main:
             log.info(f"resumed from {resume_path} at epoch {trainer.state.epoch + 1}, batch {trainer.state.batch}")
     # purge_step drops TensorBoard points of steps that the resumed run will write again
+    loggers = cfg.get("logger")
     logger = trainer.logger = RunLogger(trainer.run_dir, enabled=env.is_main, progress=cfg.trainer.progress,
-                                        purge_step=trainer.state.global_step if resume_path else None)
+                                        purge_step=trainer.state.global_step if resume_path else None,
+                                        tensorboard=loggers is None or loggers.get("tensorboard") is not None,
+                                        trackers=build_trackers(loggers) if env.is_main else [])
     logger.config(cfg)
     stage = TRAINING
     try:
+        start_tracking(logger, cfg, trainer, resume_path)
         with stop_at_once():  # outside fit's own handling (finish the step, save last.pt) a signal stops at once
             trainer.fit()
             stage = EVALUATION
@@ -162,9 +174,11 @@ def fit_and_report(trainer: Trainer, cfg: DictConfig, resume_path: Path | None) 
             extra = {"resumed_from": str(resume_path)} if resume_path else {}
             logger.hparams(final)
             metrics = trainer.write_metrics(status="completed", **extra, **report)
+            logger.finish("completed", best=final)
         return metrics["best"]["val_acc"]
     except (Exception, KeyboardInterrupt) as e:
         error = record_stop(trainer, e, stage)  # metrics.json as the files on disk are
+        logger.finish("interrupted" if isinstance(error, Interrupted) else "failed", error_line(error))
         if error is e:
             raise
         raise error from e
