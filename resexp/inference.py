@@ -123,7 +123,7 @@ def data_config(config: dict, overrides: Iterable[str] = ()) -> DictConfig:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
     except OmegaConfBaseException as e:
         raise ConfigError(f"bad data override ({', '.join(overrides)}): {str(e).splitlines()[0]} "
-                          f"(see resexp/config.py:DataConfig for the keys)") from None
+                          f"(see resexp/schemas.py:DataConfig for the keys)") from None
     return cfg
 
 

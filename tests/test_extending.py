@@ -15,19 +15,19 @@ from resexp.models.blocks import BLOCKS, BasicBlock
 
 
 def test_a_new_block_is_one_class_and_one_yaml(tmp_path, monkeypatch):
-    if "se_basic" not in BLOCKS:
+    monkeypatch.setattr(BLOCKS, "_items", dict(BLOCKS._items))  # registered for this test only
 
-        @BLOCKS.register("se_basic")
-        class SEBasicBlock(BasicBlock):
-            def __init__(self, in_channels, width, stride=1, dilation=1):
-                super().__init__(in_channels, width, stride, dilation)
-                self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(width, width // 4, 1), nn.ReLU(),
-                                        nn.Conv2d(width // 4, width, 1), nn.Sigmoid())
+    @BLOCKS.register("se_basic")
+    class SEBasicBlock(BasicBlock):
+        def __init__(self, in_channels, width, stride=1, dilation=1):
+            super().__init__(in_channels, width, stride, dilation)
+            self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(width, width // 4, 1), nn.ReLU(),
+                                    nn.Conv2d(width // 4, width, 1), nn.Sigmoid())
 
-            def forward(self, x):
-                out = self.relu(self.bn1(self.conv1(x)))
-                out = self.bn2(self.conv2(out))
-                return self._v1_merge(x, out * self.se(out))
+        def forward(self, x):
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            return self._v1_merge(x, out * self.se(out))
 
     from resexp import config
 
@@ -47,25 +47,27 @@ def test_a_new_optimizer_is_one_schema_one_function_and_one_yaml(tmp_path, monke
     from dataclasses import dataclass
 
     from resexp import config
-    from resexp.config import SCHEMAS, OptimizerConfig, register_schema
     from resexp.errors import ConfigError
     from resexp.optim import OPTIMIZERS, build_optimizer
+    from resexp.schemas import SCHEMAS, OptimizerConfig, register_schema
 
-    if "rmsprop" not in SCHEMAS["optimizer"]:
+    # registered for this test only (other tests list the optimizers)
+    monkeypatch.setitem(SCHEMAS, "optimizer", dict(SCHEMAS["optimizer"]))
+    monkeypatch.setattr(OPTIMIZERS, "_items", dict(OPTIMIZERS._items))
 
-        @dataclass
-        class RMSpropConfig(OptimizerConfig):
-            alpha: float = 0.99
-            eps: float = 1e-8
-            momentum: float = 0.0
-            centered: bool = False
+    @dataclass
+    class RMSpropConfig(OptimizerConfig):
+        alpha: float = 0.99
+        eps: float = 1e-8
+        momentum: float = 0.0
+        centered: bool = False
 
-        register_schema("optimizer", RMSpropConfig, "rmsprop")
+    register_schema("optimizer", RMSpropConfig, "rmsprop")
 
-        @OPTIMIZERS.register("rmsprop")
-        def rmsprop(groups, cfg, lr, device):
-            return torch.optim.RMSprop(groups, lr=lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum,
-                                       centered=cfg.centered)
+    @OPTIMIZERS.register("rmsprop")
+    def rmsprop(groups, cfg, lr, device):
+        return torch.optim.RMSprop(groups, lr=lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum,
+                                   centered=cfg.centered)
 
     conf = tmp_path / "conf"
     shutil.copytree(config.conf_dir(), conf)

@@ -11,8 +11,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from resexp import evaluate
-from resexp.config import SCHEMAS, compose, conf_dir, saved_config
+from resexp.config import compose, conf_dir, saved_config
 from resexp.errors import ConfigError
+from resexp.schemas import SCHEMAS
 from resexp.train import run
 
 PRESETS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))

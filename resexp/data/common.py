@@ -31,7 +31,7 @@ def as_cfg(cfg: Any) -> DictConfig:
         plain = cfg
     else:
         raise ConfigError(f"the data config must be a mapping (the `data` node), not {type(cfg).__name__}")
-    return typed("data", plain)  # the schema of the set it names (resexp/config.py)
+    return typed("data", plain)  # the schema of the set it names (resexp/schemas.py)
 
 
 def is_missing(cfg: DictConfig, key: str) -> bool:
