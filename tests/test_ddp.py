@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from resexp.config import compose
 from resexp.train import run
@@ -48,6 +49,8 @@ def metrics(run_dir: Path) -> dict:
 @pytest.mark.slow
 def test_two_processes_match_one_process_share_one_run_directory_and_resume(tmp_path):
     proc = launch(tmp_path, *JOB, "data.batch_size=16", "trainer.epochs=2", nproc=2)
+    (tmp_path / "straight").mkdir()  # 3 epochs straight, in a project of its own: resume=auto must not find it
+    straight = launch(tmp_path / "straight", *JOB, "data.batch_size=16", "trainer.epochs=3", nproc=2)
     run(compose([*JOB, "data.batch_size=32", "trainer.epochs=3"]), run_dir=tmp_path / "one")  # meanwhile
     part = finish(proc, tmp_path, set())
     assert (part / ".hydra/config.yaml").is_file() and (part / "checkpoints/last.pt").is_file()
@@ -57,6 +60,10 @@ def test_two_processes_match_one_process_share_one_run_directory_and_resume(tmp_
     proc = launch(tmp_path, *JOB, "data.batch_size=16", "trainer.epochs=3", "trainer.resume=auto", nproc=2)
     two = finish(proc, tmp_path, {part})
     one = tmp_path / "one"
+    # 2 epochs resumed to 3 end with the weights of 3 straight, bit for bit, with two processes too
+    a, b = (torch.load(d / "checkpoints/last.pt", weights_only=True)["model"]
+            for d in (two, finish(straight, tmp_path / "straight", set())))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     a, b = metrics(one), metrics(two)
     assert b["status"] == "completed" and b["resumed_from"] == str(part / "checkpoints/last.pt")

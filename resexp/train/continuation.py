@@ -15,7 +15,8 @@ NOT_THE_NUMBERS = frozenset({
     # where it continues from (bit for bit the run never stopped)
     "trainer.resume",
     # what it prints or writes besides the training itself (a key's sub-keys go with it: logger.mlflow.*)
-    "trainer.progress", "trainer.log_every_n_steps", "trainer.report", "logger",
+    "trainer.progress", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
+    "trainer.report", "logger",
     # where and how fast: batches and augmentation are seeded by (seed, epoch, batch), not by device or worker
     "trainer.device", "trainer.compile", "trainer.compile_mode", "trainer.channels_last", "trainer.deterministic",
     "data.num_workers", "data.eval_batch_size",

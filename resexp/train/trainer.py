@@ -50,8 +50,10 @@ class NonFiniteLoss(ResexpError):
 
 def check_trainer(t) -> None:
     """The trainer keys' bounds (their closed choices, monitor and compile_mode, are the schema's enums)."""
-    if t.accumulate < 1 or t.val_every < 1 or t.epochs < 1:
-        raise ConfigError("trainer.epochs, trainer.accumulate and trainer.val_every must be >= 1")
+    every = t.checkpoint_every_n_steps
+    if min(t.accumulate, t.val_every, t.epochs, 1 if every is None else every) < 1:
+        raise ConfigError("trainer.epochs, trainer.accumulate, trainer.val_every and trainer.checkpoint_every_n_steps "
+                          "must be >= 1")
     if t.ema_decay is not None and not 0 < t.ema_decay < 1:
         raise ConfigError(f"trainer.ema_decay={t.ema_decay} must be between 0 and 1 (e.g. 0.999), or null for none")
     if not 0 <= t.label_smoothing < 1:
@@ -148,18 +150,22 @@ class Trainer:
         every = self.tcfg.log_every_n_steps
         logged: list[tuple[int, torch.Tensor]] = []
         accumulate = self.tcfg.accumulate  # DictConfig reads cost ~10-40 us: none inside the loop
+        save_every = self.tcfg.checkpoint_every_n_steps
         images = 0
         bar = self.logger.bar(n_batches, s.batch, f"epoch {epoch + 1}/{self.tcfg.epochs}")
         for i, (x, y) in enumerate(loader, start=s.batch):
             if i >= n_batches:
                 break
             x, y = self._to_device(x, y)
-            loss, logits = self.train_step(x, y, step_now=(i + 1) % accumulate == 0 or i + 1 == n_batches)
+            step_now = (i + 1) % accumulate == 0 or i + 1 == n_batches
+            loss, logits = self.train_step(x, y, step_now=step_now)
             s.train_acc.update(loss, logits, y)
             images += y.shape[0]
             s.batch = i + 1
             bar.update()
-            if every and s.global_step % every == 0 and (i + 1) % accumulate == 0:
+            if not step_now:  # inside an accumulation window: a stop or a save waits for its optimizer step,
+                continue  # since last.pt holds no half-accumulated gradients
+            if every and s.global_step % every == 0:
                 logged.append((s.global_step, loss.detach()))
                 # The epoch's loss sum turns NaN/Inf with the first non-finite loss: one host sync
                 # per logging interval, no per-step flag.
@@ -167,6 +173,8 @@ class Trainer:
                     break
             if self.signals.received is not None:
                 break
+            if save_every and s.global_step % save_every == 0 and i + 1 < n_batches:  # the epoch's end saves anyway
+                self.save_last()
         bar.close()
         if logged:
             self.logger.step_losses([step for step, _ in logged], torch.stack([v for _, v in logged]).float().tolist())
