@@ -4,8 +4,12 @@ The tests train tiny networks on tiny batches, where a second intra-op thread bu
 costs a lot whenever the two cores are shared (OpenMP threads wait for each other at every op).
 One thread, set before torch is imported so subprocesses inherit it too. The default-job test
 drops it again, to time what a user gets.
+
+The suite runs in one process per core (pytest-xdist, `-n auto` in pyproject.toml); a test marked
+`alone` (one that times itself) waits until no other test runs and keeps the others waiting.
 """
 
+import fcntl
 import logging
 import os
 import shutil
@@ -18,6 +22,27 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture(autouse=True)
+def _cpu_share(request, tmp_path_factory):
+    """Every test holds a shared lock while it runs, a test marked `alone` an exclusive one. The gate,
+    held by an `alone` test while it waits, keeps new tests from starting, so it is never starved."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process: tests run one at a time anyway
+        yield
+        return
+    root = tmp_path_factory.getbasetemp().parent  # the session's folder, above each worker's own
+    alone = request.node.get_closest_marker("alone") is not None
+    with open(root / "cpu.gate", "a") as gate, open(root / "cpu.lock", "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        if not alone:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(gate, fcntl.LOCK_UN)
 
 
 @pytest.fixture

@@ -76,6 +76,7 @@ def test_hydra_full_error_lets_the_exception_through_for_its_traceback(tmp_path,
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_default_job_reaches_98_percent_on_digits_in_about_20_seconds(tmp_path):
     # `python -m resexp` through benchmarks/first_step.py, as bench_e2e times it: the same CLI entry
     # point (resexp.__main__.main) plus a one-shot optimizer hook that prints the first step's time.
