@@ -260,6 +260,7 @@ class TrainerConfig:
     monitor: Monitor = Monitor.val_acc
     early_stopping_patience: int | None = None  # validations without improvement before stopping
     log_every_n_steps: int = 50
+    checkpoint_every_n_steps: int | None = None  # optimizer steps between last.pt saves inside an epoch
     limit_train_batches: int | None = None  # for quick runs and tests
     limit_val_batches: int | None = None
     progress: bool | None = None  # None: a bar only when stderr is a terminal
