@@ -20,7 +20,7 @@ OPTIONS = {
     "split": Option("val", "val or test"),
     "json": Option(None, "also write the results to this JSON file"),
     "device": Option("auto", "auto, cpu, cuda or cuda:N"),
-    "precision": Option("32", "32, bf16 or 16 (16 needs a GPU)"),
+    "precision": Option("32", "32, bf16 or 16"),
 }
 PREFIXES = {"data.": "override the run's data config, e.g. data.root=... data.batch_size=..."}
 PROG = "resexp.evaluate"

@@ -105,8 +105,6 @@ def autocast(device: torch.device, precision: str):
         raise ConfigError(f"trainer.precision='{precision}' is not one of: {', '.join(PRECISIONS)}")
     if precision == "32":
         return nullcontext()
-    if precision == "16" and device.type == "cpu":
-        raise ConfigError("trainer.precision=16 needs a GPU; on CPU use trainer.precision=bf16 or 32")
     return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
 
 

@@ -154,10 +154,10 @@ def fit_and_report(trainer: Trainer, cfg: DictConfig, resume_path: Path | None) 
         trainer.resume(resume_path)
         if env.is_main:
             log.info(f"resumed from {resume_path} at epoch {trainer.state.epoch + 1}, batch {trainer.state.batch}")
-    # purge_step drops TensorBoard points of steps that the resumed run will write again
+    # purge_step drops TensorBoard points of the steps after last.pt's, which the resumed run writes again
     loggers = cfg.get("logger")
     logger = trainer.logger = RunLogger(trainer.run_dir, enabled=env.is_main, progress=cfg.trainer.progress,
-                                        purge_step=trainer.state.global_step if resume_path else None,
+                                        purge_step=trainer.state.global_step + 1 if resume_path else None,
                                         tensorboard=loggers is None or loggers.get("tensorboard") is not None,
                                         trackers=build_trackers(loggers) if env.is_main else [])
     logger.config(cfg)

@@ -50,14 +50,15 @@ class NonFiniteLoss(ResexpError):
 
 def check_trainer(t) -> None:
     """The trainer keys' bounds (their closed choices, monitor and compile_mode, are the schema's enums)."""
-    every = t.checkpoint_every_n_steps
-    if min(t.accumulate, t.val_every, t.epochs, 1 if every is None else every) < 1:
-        raise ConfigError("trainer.epochs, trainer.accumulate, trainer.val_every and trainer.checkpoint_every_n_steps "
-                          "must be >= 1")
+    if t.accumulate < 1 or t.val_every < 1 or t.epochs < 1:
+        raise ConfigError("trainer.epochs, trainer.accumulate and trainer.val_every must be >= 1")
     if t.ema_decay is not None and not 0 < t.ema_decay < 1:
         raise ConfigError(f"trainer.ema_decay={t.ema_decay} must be between 0 and 1 (e.g. 0.999), or null for none")
     if not 0 <= t.label_smoothing < 1:
         raise ConfigError(f"trainer.label_smoothing={t.label_smoothing} must be in [0, 1) (e.g. 0.1; 0 for none)")
+    if t.checkpoint_every_n_steps is not None and t.checkpoint_every_n_steps < 1:
+        raise ConfigError(f"trainer.checkpoint_every_n_steps={t.checkpoint_every_n_steps} must be >= 1 "
+                          "(optimizer steps between saves of last.pt), or null for epoch ends only")
     if t.grad_clip is not None and not t.grad_clip > 0:
         raise ConfigError(f"trainer.grad_clip={t.grad_clip} must be > 0 (a maximum gradient norm, e.g. 1.0), "
                           "or null for no clipping")
@@ -114,7 +115,8 @@ class Trainer:
 
     # --- the loop --------------------------------------------------------------------------
     def fit(self) -> None:
-        """Train until trainer.epochs, early stopping or a stop signal; last.pt after every epoch."""
+        """Train until trainer.epochs, early stopping or a stop signal; last.pt after every epoch (and every
+        trainer.checkpoint_every_n_steps optimizer steps inside one)."""
         s, epochs = self.state, self.tcfg.epochs
         with self.signals:
             while s.epoch < epochs:
@@ -141,16 +143,17 @@ class Trainer:
                     raise self.signals.interrupted(s.epoch, s.batch, self.run_dir)
 
     def train_epoch(self, epoch: int) -> int:
-        """Train from state.batch to the end of the epoch (or a stop signal); returns images seen."""
+        """Train from state.batch to the end of the epoch (or a stop signal); returns images seen.
+        A stop, and last.pt every trainer.checkpoint_every_n_steps, wait for the end of an
+        accumulation window: its partial gradients are in no checkpoint (under DDP each rank holds its own)."""
         s = self.state
         self.model.train()
         loader = self.data.train
         loader.set_epoch(epoch, start_batch=s.batch)
         n_batches = self.train_batches()
-        every = self.tcfg.log_every_n_steps
+        every, save_every = self.tcfg.log_every_n_steps, self.tcfg.checkpoint_every_n_steps
         logged: list[tuple[int, torch.Tensor]] = []
         accumulate = self.tcfg.accumulate  # DictConfig reads cost ~10-40 us: none inside the loop
-        save_every = self.tcfg.checkpoint_every_n_steps
         images = 0
         bar = self.logger.bar(n_batches, s.batch, f"epoch {epoch + 1}/{self.tcfg.epochs}")
         for i, (x, y) in enumerate(loader, start=s.batch):
@@ -163,8 +166,8 @@ class Trainer:
             images += y.shape[0]
             s.batch = i + 1
             bar.update()
-            if not step_now:  # inside an accumulation window: a stop or a save waits for its optimizer step,
-                continue  # since last.pt holds no half-accumulated gradients
+            if not step_now:
+                continue
             if every and s.global_step % every == 0:
                 logged.append((s.global_step, loss.detach()))
                 # The epoch's loss sum turns NaN/Inf with the first non-finite loss: one host sync
