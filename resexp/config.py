@@ -60,6 +60,18 @@ def saved_config(config: Mapping) -> dict:
     return {k: known_keys(k, v) if k in SCHEMAS and isinstance(v, Mapping) else v for k, v in config.items()}
 
 
+def leaves(config: Mapping, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}. An empty section is a leaf ({}), so an option without keys of
+    its own (`logger.tensorboard`) is still there."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, Mapping) and v:
+            out.update(leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def to_plain(cfg: Any) -> dict:
     """A resolved config as plain Python values (what checkpoints and JSON files store): enums as strings."""
     node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))

@@ -32,7 +32,7 @@ class MLflowTracker(Tracker):
     def _start(self, run: TrackedRun, uri: str, experiment_id: str) -> dict:
         from mlflow.entities import Param
 
-        from resexp.train.hparams import flatten
+        from resexp.config import leaves
 
         previous = run.previous.get(self.name, {})
         if previous.get("tracking_uri") == uri and self._exists(previous.get("run_id")):
@@ -48,7 +48,7 @@ class MLflowTracker(Tracker):
             self.run_id = self.client.create_run(experiment_id, run_name=run.name, tags=tags).info.run_id
         # a resumed run keeps its params (MLflow refuses to change one): only keys it lacks are added
         logged = self.client.get_run(self.run_id).data.params
-        params = [Param(k, str(v)) for k, v in flatten(run.config).items() if k not in logged]
+        params = [Param(k, str(v)) for k, v in leaves(run.config).items() if k not in logged]
         for i in range(0, len(params), BATCH):
             self.client.log_batch(self.run_id, params=params[i:i + BATCH])
         return {"run_id": self.run_id, "tracking_uri": uri, "experiment_id": experiment_id}

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from resexp.config import saved_config
+from resexp.config import leaves, saved_config
 from resexp.errors import CheckpointError
 
 # keys that leave the numbers alone
@@ -32,24 +32,15 @@ def listed(key: str, keys: frozenset[str]) -> bool:
     parts = key.split(".")
     return any(".".join(parts[:i]) in keys for i in range(1, len(parts) + 1))
 
+
 SHOWN = 8  # differences named in the message; the rest are counted
-
-
-def _leaves(config: Mapping, prefix: str = "") -> dict:
-    out = {}
-    for k, v in config.items():
-        if isinstance(v, Mapping) and v:
-            out.update(_leaves(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def differences(run: Mapping, new: Mapping) -> list[tuple[str, object, object]]:
     """(key, the run's value, the new value) for each identity key that differs. A key only one side
     has is skipped: an older version's config lacks keys added since, and an option's own keys
     (sgd's momentum, adam's betas) differ only with its name, which both have."""
-    old, now = _leaves(saved_config(run)), _leaves(saved_config(new))
+    old, now = leaves(saved_config(run)), leaves(saved_config(new))
     return [(k, old[k], now[k]) for k in now if k in old and not listed(k, MAY_DIFFER) and old[k] != now[k]]
 
 

@@ -13,21 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from resexp.config import leaves
 from resexp.train.continuation import NOT_THE_NUMBERS, listed
 
 ALWAYS = ("model.name", "data.name", "optimizer.name", "optimizer.lr", "data.batch_size", "trainer.epochs", "seed")
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}; values other than int, float, str and bool as their text."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
+def flatten(config: dict) -> dict:
+    """The config's leaves by dotted key, as values TensorBoard takes (int, float, str, bool; others as text)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in leaves(config).items()}
 
 
 def override_keys(overrides: Iterable[str]) -> set[str]:
