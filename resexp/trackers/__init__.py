@@ -18,6 +18,7 @@ from pathlib import Path
 
 from resexp.errors import ConfigError
 from resexp.registry import Registry
+from resexp.runs import is_multirun
 
 
 class TrackerError(ConfigError):
@@ -140,11 +141,8 @@ def end_sweep(logger_cfg, sweep_dir: Path, failed: bool) -> None:
 def current_sweep() -> Path | None:
     """The sweep directory when this process runs a multirun job."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return Path(str(HydraConfig.get().sweep.dir))
-    return None
+    return Path(str(HydraConfig.get().sweep.dir)) if is_multirun() else None
 
 
 def run_files(root: Path) -> list[Path]:
