@@ -82,7 +82,12 @@ def run_sweep_job(cfg, run: Callable[..., float]) -> float:
         write_metrics(run_dir, {**stop, "wall_s": wall()}, merge=True)
         if is_main_process():
             log.error(f"job #{num} stopped: {error_line(e)}; the sweep stops here")
-            summary_lines(Path(str(hydra_cfg.sweep.dir)))
+            sweep_dir = Path(str(hydra_cfg.sweep.dir))
+            summary_lines(sweep_dir)
+            from resexp.trackers import chosen, end_sweep
+
+            if chosen(cfg.get("logger")):  # Hydra's on_multirun_end, which closes the parent run, never comes
+                end_sweep(cfg.logger, sweep_dir, "interrupted")
         raise SystemExit(INTERRUPTED_EXIT) from None
     except SystemExit as e:
         if _from_submitit_requeue(e):
@@ -189,7 +194,7 @@ class SweepCallback(Callback):
             log.info(line)
         failed = [j for j in jobs if j.status != "completed"]
         if chosen(config.get("logger")):  # the parent run ends FAILED when a job did not complete
-            end_sweep(config.logger, sweep_dir, failed=bool(failed or REFUSED))
+            end_sweep(config.logger, sweep_dir, "failed" if failed or REFUSED else "completed")
         if REFUSED:
             print(f"error: {len(REFUSED)} sweep job(s) were not run: {'; '.join(REFUSED)}", file=sys.stderr)
             sys.stderr.flush()

@@ -258,3 +258,19 @@ def test_a_tracker_that_fails_mid_run_is_dropped_and_an_open_run_ends_interrupte
     logger.close()  # a second Ctrl-C skipped finish: the run still ends, as interrupted
     assert broken.calls == [] and kept.calls == [("epoch", 1, 0.5), ("finish", "interrupted", None)]
     assert not (tmp_path / "tb").exists()  # logger=... without tensorboard writes no events
+
+
+def test_an_interrupted_sweep_ends_its_parent_run_killed(tmp_path, empty_store, monkeypatch, in_process):
+    # Hydra skips on_multirun_end when a job stops the sweep: the job itself closes the parent run
+    from resexp.train.signals import Interrupted
+    from resexp.train.trainer import Trainer
+
+    def preempted(self):
+        raise Interrupted("stopped by SIGTERM after epoch 0; last.pt saved")
+
+    monkeypatch.setattr(Trainer, "fit", preempted)
+    uri = store(empty_store, tmp_path / "db")
+    assert in_process(tmp_path, "-m", *TINY, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}", "seed=0,1") == 130
+    parent, child = mlflow_runs(uri)  # the second job never started
+    assert (parent.info.status, child.info.status) == ("KILLED", "KILLED")
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id

@@ -89,8 +89,8 @@ class Tracker(ABC):
         return None
 
     @classmethod  # noqa: B027 - optional: nothing to close by default
-    def sweep_ended(cls, cfg, ids: dict, failed: bool) -> None:
-        """Close what sweep_started opened (`ids`); `failed`: a job did not complete."""
+    def sweep_ended(cls, cfg, ids: dict, status: str) -> None:
+        """Close what sweep_started opened (`ids`): completed, failed (a job did not complete) or interrupted."""
 
 
 TRACKERS: Registry[type[Tracker]] = Registry("tracker")
@@ -131,11 +131,11 @@ def start_sweep(logger_cfg, sweep_dir: Path, outputs: Path) -> None:
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(ids, indent=2))
 
 
-def end_sweep(logger_cfg, sweep_dir: Path, failed: bool) -> None:
+def end_sweep(logger_cfg, sweep_dir: Path, status: str) -> None:
     ids = sweep_ids(sweep_dir)
     for name in chosen(logger_cfg):
         if name in ids:
-            TRACKERS.get(name).sweep_ended(logger_cfg[name], ids[name], failed)
+            TRACKERS.get(name).sweep_ended(logger_cfg[name], ids[name], status)
 
 
 def current_sweep() -> Path | None:

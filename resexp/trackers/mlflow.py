@@ -94,10 +94,10 @@ class MLflowTracker(Tracker):
         return {"run_id": parent.info.run_id, "tracking_uri": uri}
 
     @classmethod
-    def sweep_ended(cls, cfg, ids: dict, failed: bool) -> None:
+    def sweep_ended(cls, cfg, ids: dict, status: str) -> None:
         from mlflow.tracking import MlflowClient
 
-        MlflowClient(tracking_uri=ids["tracking_uri"]).set_terminated(ids["run_id"], "FAILED" if failed else "FINISHED")
+        MlflowClient(tracking_uri=ids["tracking_uri"]).set_terminated(ids["run_id"], STATUS[status])
 
     @staticmethod
     def _connect(cfg, outputs: Path):
