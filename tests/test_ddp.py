@@ -77,3 +77,38 @@ def test_two_processes_match_one_process_share_one_run_directory_and_resume(tmp_
     assert hb[0]["train_loss"] == pytest.approx(ha[0]["train_loss"], rel=0.03)
     for ra, rb in zip(ha, hb, strict=True):
         assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=0.3), (ra, rb)
+
+
+# `torchrun ... -m resexp`, with SIGTERM delivered to rank 1 alone during its 5th training micro-batch
+SIGNAL_TO_RANK_1 = """
+import os, signal
+from resexp.__main__ import main
+from resexp.train.trainer import Trainer
+
+step, calls = Trainer.train_step, [0]
+
+def train_step(self, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] == 5 and os.environ["RANK"] == "1":
+        signal.raise_signal(signal.SIGTERM)
+    return step(self, *args, **kwargs)
+
+Trainer.train_step = train_step
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path):
+    script = tmp_path / "signal_to_rank_1.py"
+    script.write_text(SIGNAL_TO_RANK_1)
+    torchrun = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(script)]
+    out = subprocess.run([sys.executable, *torchrun, *JOB, "data.batch_size=16", "trainer.epochs=2"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    (run_dir,) = tmp_path.glob("outputs/*/*")
+    # the processes voted at step 5 and stopped together after step 6: last.pt is there and says so
+    assert metrics(run_dir)["status"] == "interrupted", out.stderr[-3000:]
+    last = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+    assert (last["epoch"], last["batch"], last["global_step"]) == (0, 6, 6)
+    assert "error: stopped by a signal to another process in epoch 1 after batch 6; last.pt saved" in out.stderr
+    assert "error: stopped by SIGTERM in epoch 1 after batch 6; last.pt saved" in out.stderr

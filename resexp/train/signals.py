@@ -1,7 +1,11 @@
 """Ctrl-C and SIGTERM (a cluster's preemption) during training: the current step finishes, the
 loop saves last.pt and stops with the command that resumes; a second signal stops at once. Outside
 the training loop (the best.pt re-evaluation, the report) the first signal stops at once: every
-file is written atomically, so nothing is left half-written."""
+file is written atomically, so nothing is left half-written.
+
+Under DDP the processes stop at the same step, whichever of them the signal reached and when: they
+vote (`StopVote`). Without it, a process that stopped one step before another left that one waiting
+in the gradients' all-reduce, and rank 0 ended failed, its last.pt unsaved."""
 
 from __future__ import annotations
 
@@ -51,12 +55,59 @@ def resume_hint(run_dir) -> str:
     return f"Resume with: python -m resexp <same overrides> trainer.resume={run_dir}"
 
 
-class StopSignals:
-    """A context in which SIGINT / SIGTERM set `received` instead of killing the process."""
+class StopVote:
+    """The processes' "a signal arrived" flags, summed over a CPU (Gloo) group at every optimizer step
+    without waiting: the sum started at one step is read at the next, so every process acts on the same
+    sum at the same step, a step after the signal, and no GPU work waits for the vote."""
 
-    def __init__(self, announce: bool):
+    def __init__(self):
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.group = dist.new_group(backend="gloo")  # a CPU side channel beside NCCL's
+        self.pending: tuple | None = None
+
+    def _start(self, flag: bool) -> None:
+        import torch
+
+        votes = torch.tensor([int(flag)])
+        self.pending = (self.dist.all_reduce(votes, group=self.group, async_op=True), votes)
+
+    def _result(self) -> bool:
+        if self.pending is None:
+            return False
+        work, votes = self.pending
+        work.wait()
+        self.pending = None
+        return votes.item() > 0
+
+    def at_step(self, flag: bool) -> bool:
+        """The vote started at the previous step; unless it says stop, this step's starts."""
+        stop = self._result()
+        if not stop:
+            self._start(flag)
+        return stop
+
+    def now(self, flag: bool) -> bool:
+        """A vote that every process waits for (at an epoch's end), counting the one still under way."""
+        stop = self._result()
+        self._start(flag)
+        return self._result() or stop
+
+    def close(self) -> None:
+        """Wait for the vote still under way (every process started it), so that none is left behind."""
+        self._result()
+
+
+class StopSignals:
+    """A context in which SIGINT / SIGTERM set `received` instead of killing the process. With a
+    `vote` (DDP), `at_step` and `now` say whether any process received one."""
+
+    def __init__(self, announce: bool, vote: StopVote | None = None):
         self.announce = announce  # rank 0 says it once; every rank stops
+        self.vote = vote
         self.received: int | None = None
+        self.stopping = False  # the decision to stop, taken here or by the vote
         self._previous: dict = {}
 
     def __enter__(self) -> StopSignals:
@@ -64,8 +115,27 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.vote is not None and exc[0] is None:  # after an error, another process may never vote again
+            self.vote.close()
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+    def at_step(self) -> bool:
+        """Stop after this optimizer step? (Under DDP: a signal reached a process by the previous one.)"""
+        flag = self.received is not None
+        self.stopping = self.vote.at_step(flag) if self.vote is not None else flag
+        return self._decided()
+
+    def now(self) -> bool:
+        """Stop here? Every process asks at the same point (an epoch's end)."""
+        flag = self.received is not None
+        self.stopping = self.stopping or (self.vote.now(flag) if self.vote is not None else flag)
+        return self._decided()
+
+    def _decided(self) -> bool:
+        if self.stopping and self.received is None and self.announce:
+            log.warning("another process received a stop signal: finishing the current step, then saving last.pt")
+        return self.stopping
 
     def _on_signal(self, signum, frame) -> None:
         if self.received is not None:
@@ -76,5 +146,5 @@ class StopSignals:
 
     def interrupted(self, epoch: int, batch: int, run_dir) -> Interrupted:
         """The error that ends the run once last.pt is saved (epoch: epochs done; batch: into the next)."""
-        return Interrupted(f"stopped by {signal.Signals(self.received).name} {position(epoch, batch)}; "
-                           f"last.pt saved. {resume_hint(run_dir)}")
+        by = signal.Signals(self.received).name if self.received is not None else "a signal to another process"
+        return Interrupted(f"stopped by {by} {position(epoch, batch)}; last.pt saved. {resume_hint(run_dir)}")

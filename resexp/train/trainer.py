@@ -28,7 +28,7 @@ from resexp.train.checkpoint import Checkpoints
 from resexp.train.ema import EMA
 from resexp.train.environment import Env, autocast, average_buffers
 from resexp.train.logger import RunLogger
-from resexp.train.signals import StopSignals
+from resexp.train.signals import StopSignals, StopVote
 from resexp.train.state import Monitor, TrainingState
 
 log = logging.getLogger("resexp")
@@ -84,7 +84,7 @@ class Trainer:
         self.run_dir, self.facts = run_dir, facts
         self.logger = RunLogger(run_dir, enabled=False, progress=False)  # run() attaches the real one
         self.checkpoints = Checkpoints(RunPaths(run_dir), to_plain(cfg), facts, write=env.is_main)
-        self.signals = StopSignals(announce=env.is_main)
+        self.signals = StopSignals(announce=env.is_main, vote=StopVote() if env.distributed else None)
         t = self.tcfg
         check_trainer(t)
         self.device = env.device
@@ -126,7 +126,7 @@ class Trainer:
                 train = s.train_acc.compute()
                 if not math.isfinite(train["loss"]):
                     raise NonFiniteLoss(self._nonfinite_message(s.epoch))
-                if self.signals.received is not None:  # mid-epoch: last.pt keeps the batch position
+                if self.signals.stopping or self.signals.now():  # mid-epoch: last.pt keeps the batch position
                     self.save_last()
                     raise self.signals.interrupted(s.epoch, s.batch, self.run_dir)
                 row = self._epoch_row(train, seconds, images)
@@ -139,7 +139,7 @@ class Trainer:
                 if improved is False and s.monitor.should_stop:
                     log.info(f"early stopping: {s.monitor.key} has not improved for {s.monitor.bad_evals} validations")
                     break
-                if self.signals.received is not None:  # arrived during validation: last.pt is current
+                if self.signals.now():  # arrived during validation: last.pt is current
                     raise self.signals.interrupted(s.epoch, s.batch, self.run_dir)
 
     def train_epoch(self, epoch: int) -> int:
@@ -174,7 +174,7 @@ class Trainer:
                 # per logging interval, no per-step flag.
                 if not torch.isfinite(s.train_acc.sums[0]).item():
                     break
-            if self.signals.received is not None:
+            if self.signals.at_step():
                 break
             if save_every and s.global_step % save_every == 0 and i + 1 < n_batches:  # the epoch's end saves anyway
                 self.save_last()
