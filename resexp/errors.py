@@ -31,3 +31,9 @@ class DiskFullError(ResexpError):
     def __init__(self, message: str, path):
         super().__init__(message)
         self.path = path  # the file that could not be written
+
+def error_line(e: BaseException, limit: int = 300) -> str:
+    """`Type: first line of the message`, cut to `limit` characters (a CUDA OOM message is long)."""
+    text = str(e).strip().splitlines()
+    line = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."

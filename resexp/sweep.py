@@ -25,7 +25,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from resexp.errors import ResexpError, RunDirError
+from resexp.errors import ResexpError, RunDirError, error_line
 from resexp.ranks import is_main_process
 from resexp.runs import RunPaths, outputs_root, write_metrics
 
@@ -34,12 +34,6 @@ log = logging.getLogger("resexp")
 INTERRUPTED_EXIT = 130
 BEFORE_TRAINING = "interrupted before training started"  # a run records its own interruption once training runs
 
-
-def error_line(e: BaseException, limit: int = 300) -> str:
-    """`Type: first line of the message`, cut to `limit` characters (a CUDA OOM message is long)."""
-    text = str(e).strip().splitlines()
-    line = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _from_submitit_requeue(e: SystemExit) -> bool:
@@ -84,10 +78,9 @@ def run_sweep_job(cfg, run: Callable[..., float]) -> float:
             log.error(f"job #{num} stopped: {error_line(e)}; the sweep stops here")
             sweep_dir = Path(str(hydra_cfg.sweep.dir))
             summary_lines(sweep_dir)
-            from resexp.trackers import chosen, end_sweep
+            from resexp.trackers import end_sweep
 
-            if chosen(cfg.get("logger")):  # Hydra's on_multirun_end, which closes the parent run, never comes
-                end_sweep(cfg.logger, sweep_dir, "interrupted")
+            end_sweep(cfg.get("logger"), sweep_dir, "interrupted")  # on_multirun_end, which would, never comes
         raise SystemExit(INTERRUPTED_EXIT) from None
     except SystemExit as e:
         if _from_submitit_requeue(e):
@@ -167,22 +160,21 @@ class SweepCallback(Callback):
     and exits non-zero when a job did not complete. Continues an Optuna study kept in a storage."""
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
-        from resexp.trackers import chosen, start_sweep
+        from resexp.cli import exit_with_error
+        from resexp.trackers import start_sweep
 
         sweeper = config.hydra.sweeper
         if "optuna" in str(sweeper.get("_target_", "")) and sweeper.get("storage") and sweeper.get("study_name"):
             continue_optuna_study(config)
-        if is_main_process() and chosen(config.get("logger")):  # the sweep's parent run (MLflow)
-            from resexp.cli import exit_with_error
-
+        if is_main_process():  # the sweep's parent run (MLflow), when a chosen tracker has one
             sweep_dir = Path(str(config.hydra.sweep.dir))
             try:
-                start_sweep(config.logger, sweep_dir, outputs_root(sweep_dir))
+                start_sweep(config.get("logger"), sweep_dir, outputs_root(sweep_dir))
             except ResexpError as e:
                 exit_with_error(e)
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
-        from resexp.trackers import chosen, end_sweep
+        from resexp.trackers import end_sweep
 
         if not is_main_process():
             return
@@ -193,8 +185,7 @@ class SweepCallback(Callback):
         for line in lines:
             log.info(line)
         failed = [j for j in jobs if j.status != "completed"]
-        if chosen(config.get("logger")):  # the parent run ends FAILED when a job did not complete
-            end_sweep(config.logger, sweep_dir, "failed" if failed or REFUSED else "completed")
+        end_sweep(config.get("logger"), sweep_dir, "failed" if failed or REFUSED else "completed")
         if REFUSED:
             print(f"error: {len(REFUSED)} sweep job(s) were not run: {'; '.join(REFUSED)}", file=sys.stderr)
             sys.stderr.flush()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resexp.sweep import error_line
+from resexp.errors import error_line
 from resexp.trackers import TRACKERS, TrackedRun, Tracker, TrackerError, label, sweep_ids
 
 STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resexp.sweep import error_line
+from resexp.errors import error_line
 from resexp.trackers import TRACKERS, TrackedRun, Tracker, TrackerError
 
 EXIT_CODES = {"completed": 0, "failed": 1, "interrupted": 130}  # W&B marks a run failed by its exit code

@@ -17,19 +17,19 @@ from resexp import provenance
 from resexp.config import to_plain
 from resexp.data import DATASETS, build_data
 from resexp.data.common import is_missing
+from resexp.errors import error_line
 from resexp.models import ARCHS, BLOCKS, STEMS, build_model, check_image_size
 from resexp.models.pretrained import check_pretrained, existing_file, load_backbone, read_state_dict
 from resexp.models.summary import count_params
 from resexp.optim import OPTIMIZERS, SCHEDULERS, check_optimizer
 from resexp.reports.run import write_run_report
 from resexp.runs import RunFacts, RunPaths, check_run_dir_free, check_run_dir_writable, outputs_root
-from resexp.sweep import error_line
 from resexp.trackers import TrackedRun, build_trackers, check_trackers, current_sweep
 from resexp.train import checkpoint
 from resexp.train.environment import Env, autocast, configure_determinism, seed_everything, setup, shared_run_dir
 from resexp.train.evaluation import final_evaluation
 from resexp.train.logger import RunLogger
-from resexp.train.signals import Interrupted, stop_at_once
+from resexp.train.signals import stop_at_once
 from resexp.train.stopped import EVALUATION, REPORT, TRAINING, record_stop
 from resexp.train.trainer import Trainer, check_trainer
 
@@ -177,8 +177,8 @@ def fit_and_report(trainer: Trainer, cfg: DictConfig, resume_path: Path | None) 
             logger.finish("completed", best=final)
         return metrics["best"]["val_acc"]
     except (Exception, KeyboardInterrupt) as e:
-        error = record_stop(trainer, e, stage)  # metrics.json as the files on disk are
-        logger.finish("interrupted" if isinstance(error, Interrupted) else "failed", error_line(error))
+        status, error = record_stop(trainer, e, stage)  # metrics.json as the files on disk are
+        logger.finish(status, error_line(error))
         if error is e:
             raise
         raise error from e

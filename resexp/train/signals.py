@@ -123,19 +123,20 @@ class StopSignals:
     def at_step(self) -> bool:
         """Stop after this optimizer step? (Under DDP: a signal reached a process by the previous one.)"""
         flag = self.received is not None
-        self.stopping = self.vote.at_step(flag) if self.vote is not None else flag
-        return self._decided()
+        return self._decide(self.vote.at_step(flag) if self.vote is not None else flag)
 
     def now(self) -> bool:
         """Stop here? Every process asks at the same point (an epoch's end)."""
+        if self.stopping:  # decided at a step: every process knows it, no vote needed
+            return True
         flag = self.received is not None
-        self.stopping = self.stopping or (self.vote.now(flag) if self.vote is not None else flag)
-        return self._decided()
+        return self._decide(self.vote.now(flag) if self.vote is not None else flag)
 
-    def _decided(self) -> bool:
-        if self.stopping and self.received is None and self.announce:
+    def _decide(self, stop: bool) -> bool:
+        if stop and self.received is None and self.announce:
             log.warning("another process received a stop signal: finishing the current step, then saving last.pt")
-        return self.stopping
+        self.stopping = stop
+        return stop
 
     def _on_signal(self, signum, frame) -> None:
         if self.received is not None:

@@ -39,9 +39,10 @@ def _when(path: Path, held: dict) -> str:
     return position(held.get("epoch", 0), held.get("batch", 0))
 
 
-def record_stop(trainer, e: BaseException, stage: str) -> BaseException:
-    """Write metrics.json for a run that `e` stopped during `stage` and return the error to raise: a
-    one-line Interrupted for a signal, a DiskFullError that says what is intact, or `e` itself."""
+def record_stop(trainer, e: BaseException, stage: str) -> tuple[str, BaseException]:
+    """Write metrics.json for a run that `e` stopped during `stage`; returns the status written there
+    (interrupted or failed) and the error to raise: a one-line Interrupted for a signal, a
+    DiskFullError that says what is intact, or `e` itself."""
     paths, run_dir = trainer.checkpoints.paths, trainer.run_dir
     best, last = (_held(p) if trainer.env.is_main else None for p in (paths.best, paths.last))
     status, error = "failed", e
@@ -78,4 +79,4 @@ def record_stop(trainer, e: BaseException, stage: str) -> BaseException:
         trainer.write_metrics(status=status, error=f"{type(error).__name__}: {error}", **extra)
     except DiskFullError as full:  # nothing more can be recorded
         log.error(f"metrics.json could not be updated: {full}")
-    return error
+    return status, error

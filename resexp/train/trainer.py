@@ -126,7 +126,7 @@ class Trainer:
                 train = s.train_acc.compute()
                 if not math.isfinite(train["loss"]):
                     raise NonFiniteLoss(self._nonfinite_message(s.epoch))
-                if self.signals.stopping or self.signals.now():  # mid-epoch: last.pt keeps the batch position
+                if self.signals.now():  # mid-epoch: last.pt keeps the batch position
                     self.save_last()
                     raise self.signals.interrupted(s.epoch, s.batch, self.run_dir)
                 row = self._epoch_row(train, seconds, images)
