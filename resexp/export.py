@@ -23,6 +23,7 @@ from resexp.data.images import image_files
 from resexp.errors import ConfigError, DataError, ResexpError
 from resexp.files import atomic_write
 from resexp.inference import LoadedRun, Option, load_run, parse_args
+from resexp.reports.export import model_card, write_card
 
 OPTIONS = {
     "run": Option(None, "run directory (holds checkpoints/best.pt) or a best.pt file", required=True),
@@ -59,8 +60,6 @@ def require(*modules: str) -> None:
 
 def onnx_card(run: LoadedRun, out: Path) -> dict:
     """model.json's card for the ONNX file: preprocessing, class names, the graph's input and output."""
-    from resexp.reports.export import model_card
-
     card = model_card(run.config, run.meta, run.best, weights=out.name)
     c, s, _ = run.input_shape
     tta = bool((run.config.get("trainer") or {}).get("tta_flip", False))
@@ -175,7 +174,7 @@ def export_onnx(run: LoadedRun, out: Path, verify: bool = True, images: str | No
     onnx.helper.set_model_props(proto, meta)
     # one self-contained file (no .onnx.data beside it): protobuf's 2 GB limit is far above any ResNet here
     atomic_write(out, lambda f: f.write(proto.SerializeToString()))
-    atomic_write(card_path, lambda f: f.write((json.dumps(card, indent=2, default=str) + "\n").encode()))
+    write_card(card, card_path)
     return card
 
 

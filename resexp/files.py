@@ -51,6 +51,12 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object], durable: bool 
             os.close(dir_fd)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """`text` as UTF-8 through atomic_write (metrics.json, run_info.json, model cards)."""
+    data = text.encode()
+    atomic_write(path, lambda f: f.write(data))
+
+
 def _no_space(e: BaseException | None) -> bool:
     """Whether the disk or the quota ran out somewhere in e's chain (torch.save reports it as a
     RuntimeError, "unexpected pos ...", raised while handling the OSError)."""

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import resexp
-from resexp.files import atomic_write
+from resexp.files import atomic_write_text
 from resexp.runs import RunPaths
 
 
@@ -120,6 +120,5 @@ def record(paths: RunPaths, info: dict, trackers: dict, resumed_from: Path | Non
         first = original(paths, resumed_from) or info
         record = {**first, "trackers": {**first.get("trackers", {}), **trackers},
                   "resumes": [*first.get("resumes", []), {**info, "from": str(resumed_from)}]}
-    text = json.dumps(record, indent=2)
-    atomic_write(paths.run_info, lambda f: f.write(text.encode()))
+    atomic_write_text(paths.run_info, json.dumps(record, indent=2))
     return record

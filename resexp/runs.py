@@ -22,7 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from resexp.errors import RunDirError
-from resexp.files import atomic_write, check_writable
+from resexp.files import atomic_write_text, check_writable
 from resexp.ranks import is_main_process
 
 
@@ -193,8 +193,8 @@ def write_metrics(run_dir: Path, values: dict, merge: bool = False) -> None:
         except (OSError, ValueError):
             pass
     record.update(values)
-    text = json.dumps(_finite(record), indent=2, allow_nan=False)
-    atomic_write(path, lambda f: f.write(text.encode()))  # a reader (the sweep report) never sees half a file
+    # a reader (the sweep report) never sees half a file
+    atomic_write_text(path, json.dumps(_finite(record), indent=2, allow_nan=False))
 
 
 def _finite(v):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from resexp.files import atomic_write
+from resexp.files import atomic_write, atomic_write_text
 from resexp.runs import RunPaths
 
 FORMAT = "resexp-model/1"
@@ -57,5 +57,9 @@ def write_export(run_dir: Path, state_dict: dict[str, torch.Tensor], config: dic
     paths = RunPaths(run_dir)
     save_safetensors(state_dict, paths.weights,
                      metadata={"format": FORMAT, "name": str(card["name"]), "num_classes": str(card["num_classes"])})
-    text = json.dumps(card, indent=2, default=str) + "\n"
-    atomic_write(paths.card, lambda f: f.write(text.encode()))
+    write_card(card, paths.card)
+
+
+def write_card(card: dict, path: Path) -> None:
+    """A model card as JSON (model.json, best.onnx.json)."""
+    atomic_write_text(path, json.dumps(card, indent=2, default=str) + "\n")

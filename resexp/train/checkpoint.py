@@ -62,17 +62,18 @@ def remove_stale_temporaries(folder: Path, min_age_s: float = 0) -> list[Path]:
     return removed
 
 
-def read(path: str | Path, map_location="cpu") -> Any:
+def read(path: str | Path, map_location="cpu", mmap: bool = False) -> Any:
     """A torch file's contents, read with weights_only=True (no pickled code runs); what is wrong
     with a file that cannot be read is one line naming it (PyTorch's own message is a page, and
-    suggests loading with weights_only=False, which would run whatever code the file holds)."""
+    suggests loading with weights_only=False, which would run whatever code the file holds).
+    `mmap`: tensors are mapped, not read (for the plain entries of a large checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes; an interrupted copy or download?)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - every failure to unpickle means the same to a user
         text = str(e)
         code = re.search(r"Unsupported global: GLOBAL (\S+)", text)

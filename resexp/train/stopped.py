@@ -12,9 +12,8 @@ import logging
 import signal
 from pathlib import Path
 
-import torch
-
-from resexp.errors import DiskFullError
+from resexp.errors import CheckpointError, DiskFullError
+from resexp.train.checkpoint import read
 from resexp.train.signals import Interrupted, StopNow, position, resume_hint
 
 log = logging.getLogger("resexp")
@@ -26,8 +25,8 @@ TRAINING, EVALUATION, REPORT = "training", "best.pt's re-evaluation", "the run r
 def _held(path: Path) -> dict | None:
     """A checkpoint's plain entries, or None when there is none (mmap: its tensors are not read)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - a missing or unreadable file holds nothing a message can name
+        state = read(path, mmap=True)
+    except CheckpointError:  # a missing or unreadable file holds nothing a message can name
         return None
     return state if isinstance(state, dict) else None
 
