@@ -103,12 +103,13 @@ def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path):
     script = tmp_path / "signal_to_rank_1.py"
     script.write_text(SIGNAL_TO_RANK_1)
     torchrun = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(script)]
-    out = subprocess.run([sys.executable, *torchrun, *JOB, "data.batch_size=16", "trainer.epochs=2"], cwd=tmp_path,
+    out = subprocess.run([sys.executable, *torchrun, *JOB, "data.batch_size=8", "trainer.epochs=2"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     (run_dir,) = tmp_path.glob("outputs/*/*")
-    # the processes voted at step 5 and stopped together after step 6: last.pt is there and says so
+    # the processes vote every 8 steps (StopVote.EVERY): rank 1's flag went into the vote at step 8, whose
+    # sum both read at step 16 (of 29 in the epoch); they stopped together there, and last.pt says so
     assert metrics(run_dir)["status"] == "interrupted", out.stderr[-3000:]
     last = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
-    assert (last["epoch"], last["batch"], last["global_step"]) == (0, 6, 6)
-    assert "error: stopped by a signal to another process in epoch 1 after batch 6; last.pt saved" in out.stderr
-    assert "error: stopped by SIGTERM in epoch 1 after batch 6; last.pt saved" in out.stderr
+    assert (last["epoch"], last["batch"], last["global_step"]) == (0, 16, 16)
+    assert "error: stopped by a signal to another process in epoch 1 after batch 16; last.pt saved" in out.stderr
+    assert "error: stopped by SIGTERM in epoch 1 after batch 16; last.pt saved" in out.stderr

@@ -174,7 +174,7 @@ class Trainer:
                 # per logging interval, no per-step flag.
                 if not torch.isfinite(s.train_acc.sums[0]).item():
                     break
-            if self.signals.at_step():
+            if self.signals.at_step(s.global_step):
                 break
             if save_every and s.global_step % save_every == 0 and i + 1 < n_batches:  # the epoch's end saves anyway
                 self.save_last()
