@@ -134,14 +134,18 @@ def bench_folder(n: int, epochs: int) -> dict:
     return out
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=10_000, help="CIFAR-shaped images")
     p.add_argument("--epochs", type=int, default=3, help="timed epochs (after one warm-up epoch)")
     p.add_argument("--folder-n", type=int, default=256, help="224x224 JPEGs in the image-folder test")
     p.add_argument("--device", default=None, help="also time the memory path on this device (e.g. cuda)")
     p.add_argument("--no-folder", action="store_true", help="skip the image-folder part")
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"# {cpu_name()}, {cores} cores, torch {torch.__version__}, threads {torch.get_num_threads()}")

@@ -252,7 +252,7 @@ COLUMNS = [("case", "case"), ("variant", "variant"), ("batch", "batch"), ("resex
            ("gflop_per_image", "GFLOP/img (train)"), ("resexp_tflop_s", "TFLOP/s")]
 
 
-def main(argv=None) -> dict:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated: {', '.join(CASES)}")
@@ -264,7 +264,11 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps per side (default 1 CPU, 10 CUDA)")
     p.add_argument("--quick", action="store_true", help="fewer steps and repeats (a smoke run)")
     p.add_argument("--json", default=None, help="write the results here")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> dict:
+    args = parser().parse_args(argv)
     logging.getLogger("resexp").setLevel(logging.WARNING)
 
     device = pick_device(args.device)
