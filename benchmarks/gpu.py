@@ -49,7 +49,7 @@ def _run(*overrides: str) -> list[str]:
 
 STEPS = [
     Step("gpu_tests", "pytest -m gpu: compile/bf16 learning, no host sync, fp16 scaler, deterministic CUDA resume",
-         "pytest", ["tests/test_gpu.py", "-m", "gpu", "-p", "no:xdist", "-q"], 85),
+         "pytest", ["tests/test_gpu.py", "-m", "gpu", "-n", "0", "-q"], 85),
     Step("throughput", "images/s, resexp vs a hand-written loop: ResNet-50 224 and CIFAR ResNet-18, bf16 "
          "channels_last, eager / compile default / reduce-overhead",
          "script", ["bench_train.py", "--device", "cuda", "--cases", "resnet50_224,resnet18_cifar",
