@@ -105,10 +105,13 @@ def test_a_preset_switched_to_another_option_drops_the_old_options_keys(switch, 
     assert switched.data == preset.data and switched.trainer == preset.trainer
 
 
-def test_a_switched_presets_scheduler_keeps_shared_keys_and_model_switch_drops_resnet_keys():
+def test_a_switched_presets_option_is_the_option_its_file_says():
+    # the preset's warm-up is its option (cosine_warmup3): scheduler=step gets step.yaml's, whole
     switched = compose(["experiment=cifar10_fast", "scheduler=step", "model=lenet5"])
-    assert switched.scheduler.warmup_epochs == 3 and "min_lr_factor" not in switched.scheduler
-    assert "stem" not in switched.model
+    assert switched.scheduler == compose(["scheduler=step"]).scheduler and switched.scheduler.warmup_epochs == 0
+    assert compose(["experiment=cifar10_fast"]).scheduler.warmup_epochs == 3
+    assert "stem" not in switched.model and switched.model == compose(["model=lenet5"]).model
+    assert switched.optimizer.scale_lr_batch == 128  # the keys of the group's shared schema stay
 
 
 def test_a_key_typed_for_the_replaced_option_is_still_an_error():
