@@ -15,7 +15,7 @@ from typing import Any, get_type_hints
 
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from resexp.errors import ConfigError
 from resexp.schemas import SCHEMAS, SELECTORS, Choice, RunConfig
@@ -30,11 +30,30 @@ def schema_of(group: str, node: Mapping) -> type:
     return SCHEMAS.get(group, {}).get(node.get(key, getattr(base, key, None)), base)
 
 
+def checked(cfg: DictConfig) -> Any:
+    """A typed config as the schemas' objects (RunConfig for a run's config), which check their own
+    bounds and cross-key rules as they are made (resexp/schemas.py). A run does this once, first."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(one_line(e)) from None
+
+
+def check(node: DictConfig) -> DictConfig:
+    """`node` (one group's typed config) after its schema's checks; a required value still missing
+    (`???`) is left for the caller to name."""
+    try:
+        OmegaConf.to_object(node)
+    except MissingMandatoryValue:
+        pass
+    return node
+
+
 def typed(group: str, node: Mapping) -> DictConfig:
-    """`node` checked against its schema: defaults filled in, types and keys checked."""
+    """`node` checked against its schema: defaults filled in, types, keys and bounds checked."""
     schema = schema_of(group, node)
     try:
-        return OmegaConf.merge(OmegaConf.structured(schema), node)
+        return check(OmegaConf.merge(OmegaConf.structured(schema), node))
     except OmegaConfBaseException as e:
         selector = SELECTORS.get(group, "name")
         value = node.get(selector, getattr(schema, selector, None))

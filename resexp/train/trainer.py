@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from resexp.config import to_plain
-from resexp.errors import ConfigError, ResexpError
+from resexp.errors import ResexpError
 from resexp.optim import build_optimizer, build_scheduler
 from resexp.runs import RunFacts, RunPaths, write_metrics
 from resexp.train import evaluation
@@ -48,22 +48,6 @@ class NonFiniteLoss(ResexpError):
     pass
 
 
-def check_trainer(t) -> None:
-    """The trainer keys' bounds (their closed choices, monitor and compile_mode, are the schema's enums)."""
-    if t.accumulate < 1 or t.val_every < 1 or t.epochs < 1:
-        raise ConfigError("trainer.epochs, trainer.accumulate and trainer.val_every must be >= 1")
-    if t.ema_decay is not None and not 0 < t.ema_decay < 1:
-        raise ConfigError(f"trainer.ema_decay={t.ema_decay} must be between 0 and 1 (e.g. 0.999), or null for none")
-    if not 0 <= t.label_smoothing < 1:
-        raise ConfigError(f"trainer.label_smoothing={t.label_smoothing} must be in [0, 1) (e.g. 0.1; 0 for none)")
-    if t.checkpoint_every_n_steps is not None and t.checkpoint_every_n_steps < 1:
-        raise ConfigError(f"trainer.checkpoint_every_n_steps={t.checkpoint_every_n_steps} must be >= 1 "
-                          "(optimizer steps between saves of last.pt), or null for epoch ends only")
-    if t.grad_clip is not None and not t.grad_clip > 0:
-        raise ConfigError(f"trainer.grad_clip={t.grad_clip} must be > 0 (a maximum gradient norm, e.g. 1.0), "
-                          "or null for no clipping")
-
-
 def _mixer(cfg, num_classes: int):
     """torchvision's batch MixUp / CutMix (one of them at random when both are on), or None."""
     if cfg.mixup_alpha <= 0 and cfg.cutmix_alpha <= 0:
@@ -86,7 +70,6 @@ class Trainer:
         self.checkpoints = Checkpoints(RunPaths(run_dir), to_plain(cfg), facts, write=env.is_main)
         self.signals = StopSignals(announce=env.is_main, vote=StopVote() if env.distributed else None)
         t = self.tcfg
-        check_trainer(t)
         self.device = env.device
         self.autocast = autocast(self.device, t.precision)
         self._accumulate, self._grad_clip = t.accumulate, t.grad_clip  # read per step: plain values
