@@ -11,14 +11,14 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import hydra
 from omegaconf import DictConfig
 
 from resexp import ranks
 from resexp.cli import FULL_ERROR, USER_FULL_ERROR, exit_with_error, full_error
-from resexp.config import COMPOSITION_ERRORS, conf_dir, config_error
+from resexp.config import COMPOSITION_ERRORS, VERSION_BASE, conf_dir, config_error
 from resexp.errors import ConfigError, ResexpError
 from resexp.runs import is_multirun
 
@@ -35,7 +35,7 @@ PLUGINS = {
 }
 
 
-@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
+@hydra.main(config_path=str(conf_dir()), config_name="config", **VERSION_BASE)
 def app(cfg: DictConfig) -> float:
     from resexp.sweep import BEFORE_TRAINING, INTERRUPTED_EXIT, run_sweep_job
     from resexp.train import run  # imported here so `--cfg job` and `--help` stay fast
@@ -110,16 +110,27 @@ def errors_come_back() -> Iterator[None]:
                 os.environ[key] = value
 
 
+def trusted_targets() -> AbstractContextManager:
+    """Hydra 1.4 asks which `_target_`s a config may instantiate (it warns, and 1.5 will refuse, for
+    any other): resexp's own, the callbacks of conf/config.yaml. Hydra 1.3 instantiates any."""
+    try:
+        from hydra.utils import execution_whitelist
+    except ImportError:
+        return nullcontext()
+    return execution_whitelist(["resexp.*"])
+
+
 def main() -> None:
     argv = sys.argv[1:]
     check_plugins(argv)
     sys.argv += ddp_worker_overrides()
     if full_error() or {"-sc", "--shell-completion"} & {a.split("=")[0] for a in argv}:
-        app()  # the traceback asked for; or completing a command line, where Hydra expects the errors
+        with trusted_targets():
+            app()  # the traceback asked for; or completing a command line, where Hydra expects the errors
         return
     config_name = next((v for f, v in zip(argv, argv[1:], strict=False) if f in ("-cn", "--config-name")), "config")
     try:
-        with errors_come_back():
+        with errors_come_back(), trusted_targets():
             app()
     except COMPOSITION_ERRORS as e:  # a composition error: one line and exit 2, like any user error
         error = config_error(e, overrides_in(sys.argv[1:]), config_name)

@@ -13,6 +13,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
+import hydra
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
@@ -94,6 +95,11 @@ def to_plain(cfg: Any) -> dict:
     return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
 
 
+# Hydra 1.3 warns when version_base is not given, 1.4 when it is (deprecated: 1.4's behaviour is the one)
+VERSION_BASE: dict[str, Any] = {} if tuple(map(int, hydra.__version__.split(".")[:2])) >= (1, 4) \
+    else {"version_base": "1.3"}
+
+
 def conf_dir() -> Path:
     """The config tree: inside the installed package, or the checkout's top-level conf/."""
     here = Path(__file__).resolve().parent
@@ -138,7 +144,7 @@ def _hydra() -> Iterator[None]:
     outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(conf_dir()), **VERSION_BASE):
             yield
     finally:
         GlobalHydra.instance().clear()

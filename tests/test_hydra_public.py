@@ -26,6 +26,7 @@ def test_another_hydra_app_composes_as_stock_hydra_after_importing_resexp(tmp_pa
     import resexp.config  # noqa: F401
     import resexp.data  # noqa: F401
     import resexp.models  # noqa: F401
+    from resexp.config import VERSION_BASE
 
     conf = tmp_path / "conf"
     write(conf / "config.yaml", "defaults:\n  - db: sqlite\n  - _self_\n  - experiment: null\n")
@@ -35,7 +36,7 @@ def test_another_hydra_app_composes_as_stock_hydra_after_importing_resexp(tmp_pa
     write(conf / "experiment" / "fast.yaml", "# @package _global_\ndefaults:\n  - override /db: mysql\n\n"
                                              "db:\n  port: 1\n")
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf), **VERSION_BASE):
         assert compose("config", ["experiment=fast"]).db == {"driver": "mysql", "port": 1}
         # stock Hydra merges the preset's key into the option chosen instead (resexp once dropped it)
         assert compose("config", ["experiment=fast", "db=sqlite"]).db == {"driver": "sqlite", "port": 1}
