@@ -119,6 +119,9 @@ class ModelConfig:
         ARCHS.get(self.arch)
         fail_unless(0 <= self.drop_rate < 1, f"model.drop_rate must be in [0, 1) (got {self.drop_rate})")
 
+    def check_image_size(self, image_size: int) -> None:
+        """The data's image size against the network (RunConfig's cross-group rule)."""
+
 
 @dataclass
 class ResNetConfig(ModelConfig):
@@ -174,6 +177,12 @@ class ResNetConfig(ModelConfig):
 @dataclass
 class BaselineConfig(ModelConfig):  # the plain CNNs of resexp/models/baselines.py
     batch_norm: bool = False  # BN after every conv
+
+    def check_image_size(self, image_size: int) -> None:
+        from resexp.models.baselines import lenet5_side
+
+        fail_unless(self.arch != "lenet5" or lenet5_side(image_size) >= 1,
+                    f"lenet5 needs data.image_size >= 10 (got {image_size})")
 
 
 register_schema("model", ResNetConfig, "resnet")
@@ -435,7 +444,7 @@ class RunConfig:  # the groups' containers; each option's own schema fills them 
     seed: int = 0
 
     def __post_init__(self) -> None:  # rules across groups
-        if isinstance(self.model, ResNetConfig):
+        if isinstance(self.model, ModelConfig) and isinstance(self.data, DataConfig):
             self.model.check_image_size(self.data.image_size)
 
 
