@@ -75,12 +75,13 @@ def ddp_worker_overrides() -> list[str]:
     return [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}", "hydra.output_subdir=null"]
 
 
-# Hydra's flags that take a value (`--cfg job`); the other arguments but flags are overrides
+# Hydra's flags that take a value (`--cfg job`); every other argument that is not a flag is an override
 VALUED_FLAGS = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name", "-cd",
                 "--config-dir", "--experimental-rerun"}
 
 
 def overrides_in(argv: list[str]) -> list[str]:
+    """The overrides of a command line, without Hydra's flags and their values."""
     out, skip = [], False
     for arg in argv:
         if skip:
