@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import hydra
 from omegaconf import DictConfig
 
 from resexp import ranks
-from resexp.cli import exit_with_error
-from resexp.config import conf_dir, report_errors
+from resexp.cli import FULL_ERROR, USER_FULL_ERROR, exit_with_error, full_error
+from resexp.config import COMPOSITION_ERRORS, VERSION_BASE, conf_dir, config_error
 from resexp.errors import ConfigError, ResexpError
 from resexp.runs import is_multirun
 
@@ -32,7 +35,7 @@ PLUGINS = {
 }
 
 
-@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
+@hydra.main(config_path=str(conf_dir()), config_name="config", **VERSION_BASE)
 def app(cfg: DictConfig) -> float:
     from resexp.sweep import BEFORE_TRAINING, INTERRUPTED_EXIT, run_sweep_job
     from resexp.train import run  # imported here so `--cfg job` and `--help` stay fast
@@ -72,11 +75,71 @@ def ddp_worker_overrides() -> list[str]:
     return [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}", "hydra.output_subdir=null"]
 
 
+# Hydra's flags that take a value (`--cfg job`); every other argument that is not a flag is an override
+VALUED_FLAGS = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name", "-cd",
+                "--config-dir", "--experimental-rerun"}
+
+
+def overrides_in(argv: list[str]) -> list[str]:
+    """The overrides of a command line, without Hydra's flags and their values."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = arg in VALUED_FLAGS
+        else:
+            out.append(arg)
+    return out
+
+
+@contextmanager
+def errors_come_back() -> Iterator[None]:
+    """Hydra prints a composition error itself (several lines, exit 1) unless HYDRA_FULL_ERROR=1, when
+    it raises it: set it for Hydra, so that main() can print the one line. What the user set is kept
+    in USER_FULL_ERROR for resexp's own errors (cli.full_error), here and in launcher processes."""
+    saved = {k: os.environ.get(k) for k in (FULL_ERROR, USER_FULL_ERROR)}
+    os.environ[USER_FULL_ERROR] = "1" if full_error() else "0"
+    os.environ[FULL_ERROR] = "1"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def trusted_targets() -> AbstractContextManager:
+    """Hydra 1.4 asks which `_target_`s a config may instantiate (it warns, and 1.5 will refuse, for
+    any other): resexp's own, the callbacks of conf/config.yaml. Hydra 1.3 instantiates any."""
+    try:
+        from hydra.utils import execution_whitelist
+    except ImportError:
+        return nullcontext()
+    return execution_whitelist(["resexp.*"])
+
+
 def main() -> None:
-    check_plugins(sys.argv[1:])
+    argv = sys.argv[1:]
+    check_plugins(argv)
     sys.argv += ddp_worker_overrides()
-    with report_errors(exit_with_error):  # a composition error: one line and exit 2, like any user error
-        app()
+    if full_error() or {"-sc", "--shell-completion"} & {a.split("=")[0] for a in argv}:
+        with trusted_targets():
+            app()  # the traceback asked for; or completing a command line, where Hydra expects the errors
+        return
+    config_name = next((v for f, v in zip(argv, argv[1:], strict=False) if f in ("-cn", "--config-name")), "config")
+    try:
+        with errors_come_back(), trusted_targets():
+            app()
+    except COMPOSITION_ERRORS as e:  # a composition error: one line and exit 2, like any user error
+        error = config_error(e, overrides_in(sys.argv[1:]), config_name)
+        if error is None:
+            raise
+        exit_with_error(error)
+    except ResexpError as e:  # raised by a Hydra callback (the run directory's)
+        exit_with_error(e)
 
 
 if __name__ == "__main__":

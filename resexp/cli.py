@@ -13,10 +13,18 @@ from typing import NoReturn
 
 from resexp.errors import ResexpError
 
+FULL_ERROR = "HYDRA_FULL_ERROR"
+USER_FULL_ERROR = "RESEXP_USER_FULL_ERROR"  # what the user set, while `python -m resexp` sets FULL_ERROR for Hydra
+
+
+def full_error() -> bool:
+    """Whether the user asked for tracebacks (HYDRA_FULL_ERROR=1)."""
+    return os.environ.get(USER_FULL_ERROR, os.environ.get(FULL_ERROR)) == "1"
+
 
 def exit_with_error(err: BaseException, line: str | None = None, code: int = 2) -> NoReturn:
     """`error: <line or err>` on stderr and exit `code`; with HYDRA_FULL_ERROR=1, raise `err` instead."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    if full_error():
         raise err
     print(f"error: {line if line is not None else err}", file=sys.stderr)
     sys.exit(code)

@@ -1,24 +1,22 @@
 """Configs as plain data and as Hydra composes them: `compose` (the Python API), a saved config read
 leniently (`saved_config`), one group's node checked against its option's schema (`typed`), and
-composition errors as one line (Hydra's config loader is wrapped: see "composition" below).
+composition errors as one line (`config_error`, from the exceptions Hydra and OmegaConf raise).
 The schemas themselves are resexp/schemas.py.
 """
 
 from __future__ import annotations
 
-import copy
 import re
-import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from hydra.core.default_element import GroupDefault
-from hydra.errors import ConfigCompositionException, MissingConfigException
+import hydra
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from resexp.errors import ConfigError
 from resexp.schemas import SCHEMAS, SELECTORS, Choice, RunConfig
@@ -33,11 +31,30 @@ def schema_of(group: str, node: Mapping) -> type:
     return SCHEMAS.get(group, {}).get(node.get(key, getattr(base, key, None)), base)
 
 
+def checked(cfg: DictConfig) -> Any:
+    """A typed config as the schemas' objects (RunConfig for a run's config), which check their own
+    bounds and cross-key rules as they are made (resexp/schemas.py). A run does this once, first."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(one_line(e)) from None
+
+
+def check(node: DictConfig) -> DictConfig:
+    """`node` (one group's typed config) after its schema's checks; a required value still missing
+    (`???`) is left for the caller to name."""
+    try:
+        OmegaConf.to_object(node)
+    except MissingMandatoryValue:
+        pass
+    return node
+
+
 def typed(group: str, node: Mapping) -> DictConfig:
-    """`node` checked against its schema: defaults filled in, types and keys checked."""
+    """`node` checked against its schema: defaults filled in, types, keys and bounds checked."""
     schema = schema_of(group, node)
     try:
-        return OmegaConf.merge(OmegaConf.structured(schema), node)
+        return check(OmegaConf.merge(OmegaConf.structured(schema), node))
     except OmegaConfBaseException as e:
         selector = SELECTORS.get(group, "name")
         value = node.get(selector, getattr(schema, selector, None))
@@ -78,6 +95,11 @@ def to_plain(cfg: Any) -> dict:
     return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
 
 
+# Hydra 1.3 warns when version_base is not given, 1.4 when it is (deprecated: 1.4's behaviour is the one)
+VERSION_BASE: dict[str, Any] = {} if tuple(map(int, hydra.__version__.split(".")[:2])) >= (1, 4) \
+    else {"version_base": "1.3"}
+
+
 def conf_dir() -> Path:
     """The config tree: inside the installed package, or the checkout's top-level conf/."""
     here = Path(__file__).resolve().parent
@@ -87,126 +109,111 @@ def conf_dir() -> Path:
     raise FileNotFoundError(f"resexp's conf/ directory is missing (looked in {here} and {here.parent})")
 
 
-def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config") -> DictConfig:
-    """Compose the run config as the command line would (Python API; works inside a Hydra app too).
-    A bad key or value raises ConfigError with the command line's one-line message."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=list(overrides))
-    finally:
-        if outer is not None:
-            GlobalHydra.instance().initialize(outer)
-
-
 # ------------------------------------------------------------------------------- composition
-# Hydra has no public hook into composition, so two methods of its config loader are wrapped (at
-# import, so that launcher worker processes, which import resexp to unpickle the task, get them too):
-# - _compose_config_from_defaults_list: drops the keys a preset set for an option it chose and the
-#   command line replaced (`experiment=r6_mnist_lenet5_tuned optimizer=adam`: the preset's sgd keys
-#   momentum/nesterov go with sgd). A key typed on the command line is still checked strictly.
-# - load_configuration: every composition error becomes a one-line ConfigError.
-# - _apply_overrides_to_config: a key set under a null node (logger.mlflow.experiment=x while
-#   logger=mlflow is not chosen) names that node; OmegaConf would fail with a bare AssertionError.
-from hydra._internal.config_loader_impl import ConfigLoaderImpl  # noqa: E402
-
-_hydra_compose = ConfigLoaderImpl._compose_config_from_defaults_list
-_hydra_load = ConfigLoaderImpl.load_configuration
-_hydra_apply = ConfigLoaderImpl._apply_overrides_to_config
-_choices: dict[str, str] = {}  # package -> option of the latest composition, for the error message
-_report: list[Callable[[ConfigError], None]] = []  # set by report_errors()
-
-
-def _compose_config_from_defaults_list(self, defaults, repo):
-    chosen, schemas = {}, {}
-    for d in defaults:
-        group, _, option = (d.config_path or "").rpartition("/")
-        if d.package != group.replace("/", "."):
-            continue
-        if option.endswith("_schema") and group in SCHEMAS:
-            schemas[group] = SCHEMAS[group].get(option.removesuffix("_schema"))
-        elif not option.endswith("_schema"):
-            chosen[d.package] = option
-    _choices.clear()
-    _choices.update(chosen)
-    load = self._load_single_config
-
-    def load_without_replaced(default, repo):
-        loaded = load(default=default, repo=repo)
-        preset = {d.group.lstrip("/"): d.value for d in loaded.defaults_list or () if isinstance(d, GroupDefault)}
-        replaced = [g for g, option in preset.items() if schemas.get(g) and chosen.get(g) != option
-                    and isinstance(loaded.config.get(g), DictConfig)]
-        if replaced:
-            loaded = copy.deepcopy(loaded)  # the repository caches what it loaded
-            for group in replaced:
-                keys = {f.name for f in fields(schemas[group])}
-                node = loaded.config[group]
-                for key in [k for k in node if k not in keys]:
-                    del node[key]
-        return loaded
-
-    self._load_single_config = load_without_replaced
-    try:
-        return _hydra_compose(self, defaults, repo)
-    finally:
-        del self._load_single_config
+# Hydra composes through its public API only. A preset's values for one option are an option of its
+# own (conf/optimizer/sgd_nesterov.yaml), so choosing another option on the command line replaces the
+# whole node; Hydra's and OmegaConf's own exceptions become one line here (`config_error`).
+COMPOSITION_ERRORS = (HydraException, OmegaConfBaseException, AssertionError)
 
 
 class CompositionError(ConfigError, ConfigCompositionException):
     """A composition error in one line; still a ConfigCompositionException for Hydra's own callers."""
 
 
-def _load_configuration(self, *args, **kwargs):
-    try:
-        return _hydra_load(self, *args, **kwargs)
-    except (ConfigCompositionException, OmegaConfBaseException) as e:
-        error = CompositionError(one_line(e))
-        error.__cause__ = e  # before reporting: HYDRA_FULL_ERROR=1 shows Hydra's own error below the line
-        for report in _report:
-            report(error)
-        raise error from e
+def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config") -> DictConfig:
+    """Compose the run config as the command line would (Python API; works inside a Hydra app too).
+    A bad key or value raises ConfigError with the command line's one-line message."""
+    from hydra import compose as hydra_compose
 
-
-def _apply_overrides_to_config(overrides, cfg) -> None:
-    for override in overrides:
-        parts = override.key_or_group.split(".")
-        for i in range(1, len(parts)):
-            node = ".".join(parts[:i])
-            if OmegaConf.select(cfg, node, default=0) is None:
-                group, _, option = node.rpartition(".")
-                hint = f"; choose it: {group}={option}, or with others: {group}=[...,{option}]" \
-                    if group and (conf_dir() / group / f"{option}.yaml").is_file() else ""
-                raise ConfigCompositionException(f"{override.input_line}: {node} is null in this config{hint}")
-    _hydra_apply(overrides, cfg)
-
-
-ConfigLoaderImpl._compose_config_from_defaults_list = _compose_config_from_defaults_list
-ConfigLoaderImpl._apply_overrides_to_config = staticmethod(_apply_overrides_to_config)
-ConfigLoaderImpl.load_configuration = _load_configuration
+    with _hydra():
+        try:
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+        except COMPOSITION_ERRORS as e:
+            error = config_error(e, overrides, config_name)
+            if error is None:
+                raise
+            raise error from e
 
 
 @contextmanager
-def report_errors(report: Callable[[ConfigError], None]) -> Iterator[None]:
-    """Within: a composition error goes to `report` (the CLI: one line, exit 2) where it is raised,
-    since the Hydra app around it would catch it and print its own multi-line message instead."""
-    if {"-sc", "--shell-completion"} & {a.split("=")[0] for a in sys.argv}:
-        yield  # completing a partial command line: Hydra expects the errors, and ignores them
-        return
-    _report.append(report)
+def _hydra() -> Iterator[None]:
+    """Hydra initialised on resexp's conf/ for the block; an outer Hydra app's state is put back."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    GlobalHydra.instance().clear()
     try:
-        yield
+        with initialize_config_dir(config_dir=str(conf_dir()), **VERSION_BASE):
+            yield
     finally:
-        _report.remove(report)
+        GlobalHydra.instance().clear()
+        if outer is not None:
+            GlobalHydra.instance().initialize(outer)
 
 
-def one_line(e: BaseException, prefix: str = "", owner: str | None = None) -> str:
+def config_error(e: BaseException, overrides: Sequence[str], config_name: str = "config") -> ConfigError | None:
+    """The exception Hydra or OmegaConf raised while composing `overrides`, as a one-line ConfigError;
+    None for an AssertionError that is not OmegaConf's on a null node (a bug: let it through)."""
+    choices = _choices(overrides, config_name)
+    line = _null_node(overrides, choices)
+    if line is None and isinstance(e, AssertionError):
+        return None
+    error = CompositionError(line or one_line(e, choices=choices, swept=_swept(overrides)))
+    error.__cause__ = e  # HYDRA_FULL_ERROR=1 shows Hydra's own error below the line
+    return error
+
+
+def _swept(overrides: Sequence[str]) -> set[str]:
+    """The groups a multirun sweeps (`optimizer=sgd,adam`, `model=choice(...)`): their option differs
+    from job to job (`logger=[tensorboard,mlflow]` is one choice of two options, not a sweep)."""
+    out = set()
+    for override in overrides:
+        key, _, value = override.partition("=")
+        listed = value.startswith("[") and value.endswith("]")
+        if "." not in key and ("," in value and not listed or re.match(r"\w+\(", value)):
+            out.add(key.lstrip("+~"))
+    return out
+
+
+def _choices(overrides: Sequence[str], config_name: str) -> dict[str, Any]:
+    """{group: option} as the defaults list picks them (no config is merged, so this works where
+    composition failed); {} where even the defaults list cannot be built."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    swept = _swept(overrides)
+    fixed = [o for o in overrides if "." not in (key := o.partition("=")[0]) and key.lstrip("+~") not in swept]
+    try:
+        with _hydra():
+            loader = GlobalHydra.instance().config_loader()
+            return dict(loader.compute_defaults_list(config_name, fixed, RunMode.RUN).overrides.known_choices)
+    except Exception:  # noqa: BLE001 - the message then names the option by its `name` key
+        return {}
+
+
+def _null_node(overrides: Sequence[str], choices: Mapping[str, Any]) -> str | None:
+    """`logger.mlflow.experiment=x` while logger=mlflow is not chosen: the node is null, and
+    OmegaConf fails with a bare AssertionError; name the node and how to choose it."""
+    for override in overrides:
+        key = override.partition("=")[0].lstrip("+~")
+        parts = key.split(".")
+        for i in range(1, len(parts) - 1):
+            group, option = "/".join(parts[:i]), parts[i]
+            chosen = choices.get(group)
+            chosen = chosen if isinstance(chosen, list) else [chosen]
+            if option not in chosen and (conf_dir() / group / f"{option}.yaml").is_file():
+                node = ".".join(parts[: i + 1])
+                return (f"{override}: {node} is null in this config; choose it: {group}={option}, "
+                        f"or with others: {group}=[...,{option}]")
+    return None
+
+
+def one_line(e: BaseException, prefix: str = "", owner: str | None = None, choices: Mapping[str, Any] | None = None,
+             swept: set[str] = frozenset()) -> str:
     """A composition error as one line that names the key (and for an unknown key, the valid ones).
-    `prefix`, `owner`: for a group's node checked on its own (`typed`)."""
+    `prefix`, `owner`: for a group's node checked on its own (`typed`); `choices`: {group: option}."""
+    choices = choices or {}
     text = str(e)
     where = re.match(r"In '([^']+)'", text)
     origin = f" (set in {where[1]})" if where else ""
@@ -217,7 +224,8 @@ def one_line(e: BaseException, prefix: str = "", owner: str | None = None) -> st
             isinstance(cause.object_type, type) and hasattr(cause.object_type, "__dataclass_fields__"):
         path = cause.full_key.rpartition(".")[0]
         if owner is None or path:
-            owner = f"{path.replace('.', '/')}={_choices[path]}" if path in _choices else prefix + path
+            owner = _owner(path, cause, choices, swept) if path in SCHEMAS or path.replace(".", "/") in choices \
+                else prefix + path
         keys = ", ".join(f.name for f in fields(cause.object_type))
         return f"{prefix}{cause.full_key} is not a key of {owner} (its keys: {keys}){origin}"
     if cause is not None and cause.full_key:
@@ -230,3 +238,13 @@ def one_line(e: BaseException, prefix: str = "", owner: str | None = None) -> st
         first = re.sub(r"^In '[^']*': ", "", text.splitlines()[0])
         return f"{first}; choose one of: {', '.join(o for o in e.options if not o.endswith('_schema'))}"
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _owner(path: str, cause: OmegaConfBaseException, choices: Mapping[str, Any], swept: set[str]) -> str:
+    """`optimizer=adam`: the group's chosen option; in a sweep over the group, the failing node's name."""
+    group = path.replace(".", "/")
+    option = choices.get(group)
+    if group in swept or not isinstance(option, str):
+        node = getattr(cause, "parent_node", None)
+        option = node.get("name") if isinstance(node, DictConfig) and node.get("name") else option
+    return f"{group}={option}"

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-from resexp.errors import ConfigError
 from resexp.registry import Registry
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
@@ -37,8 +36,6 @@ def _fused(cfg, device: torch.device) -> dict:
 
 @OPTIMIZERS.register("sgd")
 def sgd(groups, cfg, lr, device):
-    if cfg.nesterov and cfg.momentum <= 0:
-        raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0")
     return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **_fused(cfg, device))
 
 
@@ -50,15 +47,6 @@ def adam(groups, cfg, lr, device):
 @OPTIMIZERS.register("adamw")
 def adamw(groups, cfg, lr, device):
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, **_fused(cfg, device))
-
-
-def check_optimizer(cfg) -> None:
-    """The values every optimizer reads, before any data is read (PyTorch would stop on them later,
-    with a traceback)."""
-    if not cfg.lr >= 0:
-        raise ConfigError(f"optimizer.lr={cfg.lr} must be >= 0 (e.g. 0.1 for sgd, 0.001 for adam)")
-    if not cfg.weight_decay >= 0:
-        raise ConfigError(f"optimizer.weight_decay={cfg.weight_decay} must be >= 0 (e.g. 5e-4; 0 for none)")
 
 
 def scaled_lr(cfg, batch_size: int) -> float:
@@ -103,8 +91,6 @@ def cosine(cfg, epochs):
 @SCHEDULERS.register("step")
 @epoch_rule
 def step(cfg, epochs):
-    if cfg.step_size < 1:
-        raise ConfigError(f"scheduler.step_size must be >= 1, got {cfg.step_size}")
     return lambda epoch: cfg.gamma ** (int(epoch) // cfg.step_size)
 
 

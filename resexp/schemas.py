@@ -5,6 +5,10 @@ option's YAML starts with its own schema (`defaults: [adam_schema, _self_]`): sh
 group's base dataclass, option-specific ones in its subclasses. So a misspelt key, a wrong type, or a
 key that the chosen option never reads (`optimizer=adam optimizer.momentum=0.5`) fails at composition
 with one line naming the key, the option and its keys, before anything is built.
+
+Each schema also checks its own bounds and cross-key rules, in `__post_init__`: they run when a
+config becomes these objects (`resexp.config.checked`, once per run, and for the Python API), so a
+new key and its bounds are one edit here. The code that builds from a config reads its attributes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from resexp.errors import ConfigError
 
 
 class Choice(str, Enum):
@@ -51,6 +57,16 @@ SCHEMAS: dict[str, dict[str, type]] = {}
 SELECTORS = {"model": "arch"}  # the key that picks a group's schema in a plain config (others: name)
 
 
+def given(value: Any) -> bool:
+    """A value the config sets (not MISSING, `???`, nor null)."""
+    return value is not None and value != MISSING
+
+
+def fail_unless(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
 def register_schema(group: str, cls: type, *names: str) -> type:
     """Store `cls` as `<group>/<name>_schema` for each name (an option, or for models an arch)."""
     for name in names:
@@ -64,12 +80,28 @@ def register_schema(group: str, cls: type, *names: str) -> type:
 class BlockConfig:
     name: str = MISSING  # a key of resexp.models.blocks.BLOCKS
 
+    def __post_init__(self) -> None:
+        from resexp.models.blocks import BLOCKS
+
+        if given(self.name):
+            BLOCKS.get(self.name)
+
 
 @dataclass
 class StagesConfig:
     depths: list[int] = MISSING  # residual units per stage
     widths: list[int] = MISSING  # bottleneck/inner width per stage; stem width = widths[0]
     strides: list[int] = MISSING  # stride of each stage
+
+    def __post_init__(self) -> None:
+        if not all(given(v) for v in (self.depths, self.widths, self.strides)):
+            return
+        depths, widths, strides = list(self.depths), list(self.widths), list(self.strides)
+        fail_unless(len(depths) == len(widths) == len(strides) and depths,
+                    f"model.stages: depths, widths and strides need one entry per stage "
+                    f"(got {len(depths)}, {len(widths)}, {len(strides)})")
+        for key, values in (("depths", depths), ("widths", widths), ("strides", strides)):
+            fail_unless(all(v >= 1 for v in values), f"model.stages.{key}: every entry must be >= 1 (got {values})")
 
 
 @dataclass
@@ -80,6 +112,15 @@ class ModelConfig:
     in_channels: int | None = None  # None: taken from the data set
     pretrained: str | None = None  # torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) or a file
     drop_rate: float = 0.0  # dropout before the classifier
+
+    def __post_init__(self) -> None:
+        from resexp.models import ARCHS
+
+        ARCHS.get(self.arch)
+        fail_unless(0 <= self.drop_rate < 1, f"model.drop_rate must be in [0, 1) (got {self.drop_rate})")
+
+    def check_image_size(self, image_size: int) -> None:
+        """The data's image size against the network (RunConfig's cross-group rule)."""
 
 
 @dataclass
@@ -95,10 +136,53 @@ class ResNetConfig(ModelConfig):
     zero_init_residual: bool | None = None
     dilation: list[bool] = field(default_factory=list)  # per stage after the first: dilate, not stride
 
+    def __post_init__(self) -> None:
+        from resexp.models.blocks import BLOCKS
+        from resexp.models.stems import STEMS
+
+        super().__post_init__()
+        for key in ("block", "stages"):
+            fail_unless(getattr(self, key) is not None,
+                        f"model.{key} is required for arch resnet (e.g. model/{key}=...)")
+        STEMS.get(self.stem)
+        fail_unless(self.stride_position in ("first", "last"),
+                    f"model.stride_position must be 'first' or 'last' (got '{self.stride_position}')")
+        fail_unless(self.width > 0, f"model.width must be > 0 (got {self.width})")
+        stages = len(self.stages.depths)
+        fail_unless(len(self.dilation) <= stages - 1, f"model.dilation has one entry per stage after the first: at "
+                                                      f"most {stages - 1} here (got {len(self.dilation)})")
+        block = BLOCKS.get(self.block.name)
+        zero_init = block.zero_init_default if self.zero_init_residual is None else self.zero_init_residual
+        fail_unless(not zero_init or block.residual, "model.zero_init_residual=true needs a residual block: zeroing "
+                                                     "the last layer of a plain block cuts the signal")
+
+    def check_image_size(self, image_size: int) -> None:
+        """The input against the network's downsampling: below twice the stem's stride the first stage
+        already sees a 1x1 map, all image structure gone (the network still runs, on padding, and
+        learns nothing from the layout)."""
+        from resexp.models import stem_stride
+
+        first = stem_stride(self.stem)
+        dilated = list(self.dilation) + [False] * len(self.stages.strides)
+        total = first
+        for i, stride in enumerate(self.stages.strides):
+            total *= 1 if i > 0 and dilated[i - 1] else stride
+        other = ", or model.stem=cifar (no downsampling in the stem)" if self.stem != "cifar" else ""
+        fail_unless(image_size >= 2 * first,
+                    f"data.image_size={image_size} is too small for model={self.name}: its {self.stem} stem shrinks "
+                    f"the map {first}x ({total}x in all), so it needs data.image_size >= {2 * first} ({total} or "
+                    f"more keeps every stage above 1x1){other}")
+
 
 @dataclass
 class BaselineConfig(ModelConfig):  # the plain CNNs of resexp/models/baselines.py
     batch_norm: bool = False  # BN after every conv
+
+    def check_image_size(self, image_size: int) -> None:
+        from resexp.models.baselines import lenet5_side
+
+        fail_unless(self.arch != "lenet5" or lenet5_side(image_size) >= 1,
+                    f"lenet5 needs data.image_size >= 10 (got {image_size})")
 
 
 register_schema("model", ResNetConfig, "resnet")
@@ -113,6 +197,11 @@ class AugmentConfig:
     random_resized_crop: bool = False  # streaming sets: RandomResizedCrop instead of Resize
     policy: AugmentPolicy = AugmentPolicy.none
     random_erasing: float = 0.0  # probability
+
+    def __post_init__(self) -> None:
+        fail_unless(self.crop_padding >= 0, f"data.augment.crop_padding={self.crop_padding} must be >= 0")
+        fail_unless(0.0 <= self.random_erasing <= 1.0,
+                    f"data.augment.random_erasing={self.random_erasing} must be a probability in [0, 1]")
 
 
 @dataclass
@@ -130,6 +219,25 @@ class DataConfig:
     mean: list[float] | None = None  # None: no normalisation beyond [0, 1]
     std: list[float] | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if given(self.name):  # a missing name gets its own message from build_data
+            from resexp.data import DATASETS
+
+            DATASETS.get(self.name)
+        fail_unless(0.0 <= self.val_split < 1.0, f"data.val_split={self.val_split} must be in [0, 1)")
+        for key in ("batch_size", "image_size"):
+            fail_unless(getattr(self, key) >= 1, f"data.{key}={getattr(self, key)} must be a positive integer")
+        fail_unless(self.eval_batch_size is None or self.eval_batch_size >= 1,
+                    f"data.eval_batch_size={self.eval_batch_size} must be a positive integer (or null)")
+        fail_unless(self.num_workers >= 0, f"data.num_workers={self.num_workers} must be >= 0")
+        fail_unless(self.channels in (None, 1, 3),
+                    f"data.channels={self.channels} must be 1 (grayscale), 3 (RGB) or null (the set's own)")
+        fail_unless(self.num_classes is None or self.num_classes >= 1,
+                    f"data.num_classes={self.num_classes} must be a positive integer (or null)")
+        fail_unless((self.mean is None) == (self.std is None),
+                    "data.mean and data.std go together: set both (or neither, for pixels in [0, 1])")
+        fail_unless(all(s > 0 for s in self.std or ()), f"data.std={list(self.std or ())} must be positive")
 
 
 @dataclass
@@ -164,6 +272,15 @@ class OptimizerConfig:
     no_decay_norm_bias: bool = False  # exclude BN and bias parameters from weight decay
     scale_lr_batch: int | None = None  # lr is given for this batch size; scale linearly to the real one
 
+    def __post_init__(self) -> None:  # PyTorch would stop on these later, with a traceback
+        from resexp.optim import OPTIMIZERS
+
+        if given(self.name):
+            OPTIMIZERS.get(self.name)
+        fail_unless(self.lr >= 0, f"optimizer.lr={self.lr} must be >= 0 (e.g. 0.1 for sgd, 0.001 for adam)")
+        fail_unless(self.weight_decay >= 0,
+                    f"optimizer.weight_decay={self.weight_decay} must be >= 0 (e.g. 5e-4; 0 for none)")
+
 
 @dataclass
 class FusedOptimizerConfig(OptimizerConfig):  # torch's optimizers with a fused CUDA kernel
@@ -174,6 +291,10 @@ class FusedOptimizerConfig(OptimizerConfig):  # torch's optimizers with a fused 
 class SGDConfig(FusedOptimizerConfig):
     momentum: float = 0.9
     nesterov: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        fail_unless(not self.nesterov or self.momentum > 0, "optimizer.nesterov=true needs optimizer.momentum > 0")
 
 
 @dataclass
@@ -191,6 +312,12 @@ register_schema("optimizer", AdamConfig, "adam", "adamw")
 class SchedulerConfig:
     name: str = MISSING  # a key of resexp.optim.SCHEDULERS
 
+    def __post_init__(self) -> None:
+        from resexp.optim import SCHEDULERS
+
+        if given(self.name):
+            SCHEDULERS.get(self.name)
+
 
 @dataclass
 class WarmupConfig(SchedulerConfig):  # the epoch rules of resexp/optim.py (epoch_rule)
@@ -207,6 +334,10 @@ class CosineConfig(WarmupConfig):
 class StepConfig(WarmupConfig):
     step_size: int = 30  # epochs between decays
     gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        fail_unless(self.step_size >= 1, f"scheduler.step_size must be >= 1, got {self.step_size}")
 
 
 @dataclass
@@ -259,6 +390,20 @@ class TrainerConfig:
     tta_flip: bool = False  # evaluation averages the logits of the image and its mirror
     report: bool = True  # after the run: curves, confusion matrix, predictions, summary, safetensors
 
+    def __post_init__(self) -> None:  # the closed choices (monitor, compile_mode, ...) are enums above
+        fail_unless(self.accumulate >= 1 and self.val_every >= 1 and self.epochs >= 1,
+                    "trainer.epochs, trainer.accumulate and trainer.val_every must be >= 1")
+        fail_unless(self.ema_decay is None or 0 < self.ema_decay < 1,
+                    f"trainer.ema_decay={self.ema_decay} must be between 0 and 1 (e.g. 0.999), or null for none")
+        fail_unless(0 <= self.label_smoothing < 1,
+                    f"trainer.label_smoothing={self.label_smoothing} must be in [0, 1) (e.g. 0.1; 0 for none)")
+        fail_unless(self.checkpoint_every_n_steps is None or self.checkpoint_every_n_steps >= 1,
+                    f"trainer.checkpoint_every_n_steps={self.checkpoint_every_n_steps} must be >= 1 "
+                    "(optimizer steps between saves of last.pt), or null for epoch ends only")
+        fail_unless(self.grad_clip is None or self.grad_clip > 0,
+                    f"trainer.grad_clip={self.grad_clip} must be > 0 (a maximum gradient norm, e.g. 1.0), "
+                    "or null for no clipping")
+
 
 # ------------------------------------------------------------------------------------------- logger
 # Each option of conf/logger/ fills its own section (logger.mlflow.tracking_uri), so several can be
@@ -297,6 +442,10 @@ class RunConfig:  # the groups' containers; each option's own schema fills them 
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
+
+    def __post_init__(self) -> None:  # rules across groups
+        if isinstance(self.model, ModelConfig) and isinstance(self.data, DataConfig):
+            self.model.check_image_size(self.data.image_size)
 
 
 ConfigStore.instance().store(name="run_schema", node=RunConfig)

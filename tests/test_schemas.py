@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -105,10 +106,13 @@ def test_a_preset_switched_to_another_option_drops_the_old_options_keys(switch, 
     assert switched.data == preset.data and switched.trainer == preset.trainer
 
 
-def test_a_switched_presets_scheduler_keeps_shared_keys_and_model_switch_drops_resnet_keys():
+def test_a_switched_presets_option_is_the_option_its_file_says():
+    # the preset's warm-up is its option (cosine_warmup3): scheduler=step gets step.yaml's, whole
     switched = compose(["experiment=cifar10_fast", "scheduler=step", "model=lenet5"])
-    assert switched.scheduler.warmup_epochs == 3 and "min_lr_factor" not in switched.scheduler
-    assert "stem" not in switched.model
+    assert switched.scheduler == compose(["scheduler=step"]).scheduler and switched.scheduler.warmup_epochs == 0
+    assert compose(["experiment=cifar10_fast"]).scheduler.warmup_epochs == 3
+    assert "stem" not in switched.model and switched.model == compose(["model=lenet5"]).model
+    assert switched.optimizer.scale_lr_batch == 128  # the keys of the group's shared schema stay
 
 
 def test_a_key_typed_for_the_replaced_option_is_still_an_error():
@@ -230,3 +234,58 @@ def test_the_python_api_goes_through_the_same_check():
     with pytest.raises(ConfigError, match="^model.batch_norm is not a key of model arch=resnet"):
         build_model({"name": "resnet18", "arch": "resnet", "batch_norm": True}, num_classes=10, in_channels=3)
     assert compose(["hparams_search=digits_optuna"]).trainer.epochs == 5
+
+
+# ------------------------------------------------------------------------ schemas check themselves
+@pytest.mark.parametrize("make, message", [
+    (lambda s: s.TrainerConfig(epochs=0), "trainer.epochs, trainer.accumulate and trainer.val_every must be >= 1"),
+    (lambda s: s.TrainerConfig(ema_decay=1.5), "trainer.ema_decay=1.5 must be between 0 and 1"),
+    (lambda s: s.SGDConfig(name="sgd", momentum=0.0, nesterov=True), "optimizer.nesterov=true needs"),
+    (lambda s: s.AdamConfig(name="adam", lr=-1.0), "optimizer.lr=-1.0 must be >= 0"),
+    (lambda s: s.StepConfig(name="step", step_size=0), "scheduler.step_size must be >= 1"),
+    (lambda s: s.DataConfig(name="digits", val_split=1.0), r"data.val_split=1.0 must be in \[0, 1\)"),
+    (lambda s: s.DataConfig(name="digits", mean=[0.5]), "data.mean and data.std go together"),
+    (lambda s: s.AugmentConfig(random_erasing=2.0), "data.augment.random_erasing=2.0 must be a probability"),
+    (lambda s: s.StagesConfig(depths=[1, 1], widths=[8], strides=[1]), "model.stages: depths, widths and strides"),
+    (lambda s: s.ResNetConfig(name="x", block=s.BlockConfig("plain_basic"), stages=s.StagesConfig([1], [8], [1]),
+                              zero_init_residual=True), "model.zero_init_residual=true needs a residual block"),
+    (lambda s: s.BaselineConfig(name="x", arch="lenet5", drop_rate=1.0), r"model.drop_rate must be in \[0, 1\)"),
+])
+def test_each_schema_checks_its_own_bounds_when_made(make, message):
+    from resexp import schemas
+
+    with pytest.raises(ConfigError, match=message):
+        make(schemas)
+
+
+def test_a_composed_config_becomes_checked_objects_once():
+    from resexp.config import checked
+    from resexp.schemas import AdamConfig, BaselineConfig, RunConfig, TrainerConfig
+
+    cfg = checked(compose(["model=lenet5", "optimizer=adam", "data.image_size=16"]))
+    assert isinstance(cfg, RunConfig) and isinstance(cfg.model, BaselineConfig)
+    assert isinstance(cfg.optimizer, AdamConfig) and isinstance(cfg.trainer, TrainerConfig)
+    with pytest.raises(ConfigError, match=r"^lenet5 needs data.image_size >= 10 \(got 8\)$"):  # across groups
+        checked(compose(["model=lenet5", "data.image_size=8"]))
+
+
+def test_bounds_are_checked_in_the_schemas_only():
+    root = Path(__file__).resolve().parent.parent / "resexp"
+    for path in ("optim.py", "models/resnet.py", "models/baselines.py", "train/trainer.py"):
+        assert "ConfigError" not in (root / path).read_text(), path
+
+
+def test_the_python_api_builds_from_the_schema_object():
+    from resexp.models import create, model_config
+    from resexp.schemas import ResNetConfig
+
+    cfg = model_config("resnet18", stem="cifar", stages="r34", width=0.5)
+    assert isinstance(cfg, ResNetConfig) and cfg.stem == "cifar" and cfg.stages.depths == [3, 4, 6, 3]
+    with pytest.raises(ConfigError, match=r"^model.width: Value 'wide' of type 'str' could not be converted"):
+        model_config("resnet18", width="wide")
+    # any string reaches the config as it is (the Python API once wrote quoted Hydra overrides)
+    from resexp.errors import ResexpError
+
+    weird = "it's \\'quoted\\.pt"
+    with pytest.raises(ResexpError, match=f"no such file: {re.escape(weird)}$"):
+        create("resnet18", pretrained=weird)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from resexp.data.common import as_cfg, check_rank, is_missing, norm_stats, validate
+from resexp.data.common import as_cfg, check_rank, is_missing, norm_stats
 from resexp.data.memory import MemoryLoader
 from resexp.data.sets import (
     TORCHVISION_SETS,
@@ -55,7 +55,6 @@ def describe(cfg) -> DataInfo:
     """Classes, channels, size and normalisation of a data set without loading it (image folders: the
     class folder names only are listed)."""
     cfg = as_cfg(cfg)
-    validate(cfg)
     return _dataset(cfg).describe(cfg)
 
 
@@ -63,7 +62,6 @@ def build_data(cfg, *, device: torch.device | str = "cpu", seed: int = 0, rank: 
                world_size: int = 1) -> DataBundle:
     """The data set named by cfg.name, split, with loaders for this rank. See the module docstring."""
     cfg = as_cfg(cfg)
-    validate(cfg)
     check_rank(rank, world_size)
     device = torch.device(device)
     source = _dataset(cfg).load(cfg, seed)
@@ -120,7 +118,6 @@ def preprocess_image(image: Image.Image, cfg) -> Tensor:
     from resexp.data.images import to_channels
 
     cfg = as_cfg(cfg)
-    validate(cfg)
     channels = cfg.channels or _dataset(cfg).native_channels  # no file access: data.root may be elsewhere
     mean, std = norm_stats(cfg, channels)
     s = int(cfg.image_size)

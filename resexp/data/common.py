@@ -1,4 +1,5 @@
-"""Helpers shared by the data sets and both loading paths: config checks, seeds, splits, tensors."""
+"""Helpers shared by the data sets and both loading paths: the typed config, seeds, splits, tensors.
+The config's bounds are its schema's (resexp/schemas.py DataConfig), checked by `as_cfg`."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ _M64 = (1 << 64) - 1
 
 # ----------------------------------------------------------------------------------------- config
 def as_cfg(cfg: Any) -> DictConfig:
-    """The `data` config typed by its set's schema: defaults filled in, types and keys checked.
+    """The `data` config typed by its set's schema: defaults filled in, types, keys and bounds checked.
 
     Accepts the `data` node of a composed run config, a plain dict or None-free mapping. Interpolations
     are resolved first (they may point outside the `data` node); a missing required value (`???`) stays
@@ -38,28 +39,6 @@ def is_missing(cfg: DictConfig, key: str) -> bool:
     return OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, "")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Checks that need no data: every fraction and size (the schema's enums check the choices)."""
-    if not 0.0 <= cfg.val_split < 1.0:
-        raise ConfigError(f"data.val_split={cfg.val_split} must be in [0, 1)")
-    for key in ("batch_size", "image_size"):
-        if cfg[key] < 1:
-            raise ConfigError(f"data.{key}={cfg[key]} must be a positive integer")
-    if cfg.eval_batch_size is not None and cfg.eval_batch_size < 1:
-        raise ConfigError(f"data.eval_batch_size={cfg.eval_batch_size} must be a positive integer (or null)")
-    if cfg.num_workers < 0:
-        raise ConfigError(f"data.num_workers={cfg.num_workers} must be >= 0")
-    if cfg.channels is not None and cfg.channels not in (1, 3):
-        raise ConfigError(f"data.channels={cfg.channels} must be 1 (grayscale), 3 (RGB) or null (the set's own)")
-    if cfg.num_classes is not None and cfg.num_classes < 1:
-        raise ConfigError(f"data.num_classes={cfg.num_classes} must be a positive integer (or null)")
-    a = cfg.augment
-    if a.crop_padding < 0:
-        raise ConfigError(f"data.augment.crop_padding={a.crop_padding} must be >= 0")
-    if not 0.0 <= a.random_erasing <= 1.0:
-        raise ConfigError(f"data.augment.random_erasing={a.random_erasing} must be a probability in [0, 1]")
-
-
 def check_num_classes(cfg: DictConfig, found: int, where: str, names: list[str] | None = None) -> None:
     if cfg.num_classes is not None and cfg.num_classes != found:
         shown = ""
@@ -74,10 +53,8 @@ def check_num_classes(cfg: DictConfig, found: int, where: str, names: list[str] 
 def norm_stats(cfg: DictConfig, channels: int) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
     """data.mean / data.std as per-channel tuples (one value is repeated for every channel)."""
     mean, std = cfg.mean, cfg.std
-    if mean is None and std is None:
+    if mean is None:  # the schema: both or neither
         return None, None
-    if mean is None or std is None:
-        raise ConfigError("data.mean and data.std go together: set both (or neither, for pixels in [0, 1])")
     out = []
     for key, values in (("mean", list(mean)), ("std", list(std))):
         if len(values) == 1:
@@ -88,8 +65,6 @@ def norm_stats(cfg: DictConfig, channels: int) -> tuple[tuple[float, ...] | None
                 f"give 1 or {channels} value(s)"
             )
         out.append(tuple(float(v) for v in values))
-    if any(s <= 0 for s in out[1]):
-        raise ConfigError(f"data.std={list(out[1])} must be positive")
     return out[0], out[1]
 
 

@@ -1,4 +1,5 @@
-"""Networks from configs: `build_model(cfg.model, ...)`, and the Python API `create(name, ...)`.
+"""Networks from configs: `build_model(cfg.model, ...)`, and the Python API `create(name, ...)`
+(`model_config(name, ...)` for the config object alone).
 
 `model.arch` picks a builder from ARCHS; ResNets take their block, stages and stem by registered
 name (BLOCKS, STEMS). Every network has a YAML file in conf/model/; `list_models()` lists them.
@@ -6,14 +7,16 @@ name (BLOCKS, STEMS). Every network has a YAML file in conf/model/; `list_models
 
 from __future__ import annotations
 
-import re
 from dataclasses import is_dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from resexp.config import compose, conf_dir, schema_of, typed
+from resexp.config import check, checked, compose, conf_dir, one_line, schema_of, to_plain, typed
 from resexp.errors import ConfigError
 from resexp.models.baselines import VGG13, LeNet5
 from resexp.models.blocks import BLOCKS
@@ -22,9 +25,10 @@ from resexp.models.resnet import ResNet
 from resexp.models.stems import STEMS
 from resexp.models.summary import count_buffers, count_params, model_summary
 from resexp.registry import Registry
+from resexp.schemas import ModelConfig
 
 __all__ = ["ARCHS", "BLOCKS", "STEMS", "LeNet5", "ResNet", "VGG13", "build_model", "count_buffers",
-           "count_params", "create", "list_models", "load_pretrained", "model_summary"]
+           "count_params", "create", "list_models", "load_pretrained", "model_config", "model_summary"]
 
 # builder(cfg, num_classes, in_channels, image_size) -> nn.Module
 ARCHS: Registry[Any] = Registry("arch")
@@ -32,9 +36,6 @@ ARCHS: Registry[Any] = Registry("arch")
 
 @ARCHS.register("resnet")
 def _resnet(cfg: DictConfig, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    for key in ("block", "stages"):
-        if cfg[key] is None:
-            raise ConfigError(f"model.{key} is required for arch resnet (e.g. model/{key}=...)")
     return ResNet(cfg.block.name, list(cfg.stages.depths), list(cfg.stages.widths),
                   list(cfg.stages.strides), num_classes=num_classes, in_channels=in_channels,
                   stem=cfg.stem, stride_position=cfg.stride_position, width=cfg.width,
@@ -53,11 +54,11 @@ def _vgg13(cfg: DictConfig, num_classes: int, in_channels: int, image_size: int)
 
 
 def _typed(cfg: Any) -> DictConfig:
-    """The model config checked against its arch's schema (composed configs already are)."""
+    """The model config typed and checked by its arch's schema (resexp/schemas.py)."""
     if isinstance(cfg, DictConfig) and OmegaConf.get_type(cfg) is schema_of("model", cfg):
-        return cfg
+        return check(cfg)
     if is_dataclass(cfg) and not isinstance(cfg, type):
-        return OmegaConf.structured(cfg)
+        return OmegaConf.structured(cfg)  # an object of a schema checked itself when it was made
     return typed("model", cfg)
 
 
@@ -94,66 +95,42 @@ def stem_stride(stem: str) -> int:
     return max(1, 64 // side)
 
 
-def check_image_size(cfg: Any, image_size: int) -> None:
-    """A ResNet's input against its downsampling, before any data is read: below twice the stem's
-    stride the first stage already sees a 1x1 map, all image structure gone (the network still
-    runs, on padding, and learns nothing from the layout). Networks without a stem check their own."""
-    cfg = _typed(cfg)
-    if cfg.arch != "resnet" or cfg.stages is None or "stem" not in cfg:
-        return
-    first = stem_stride(cfg.stem)
-    dilated = list(cfg.dilation) + [False] * len(cfg.stages.strides)
-    total = first
-    for i, stride in enumerate(cfg.stages.strides):
-        total *= 1 if i > 0 and dilated[i - 1] else stride
-    if image_size < 2 * first:
-        other = ", or model.stem=cifar (no downsampling in the stem)" if cfg.stem != "cifar" else ""
-        raise ConfigError(
-            f"data.image_size={image_size} is too small for model={cfg.name}: its {cfg.stem} stem shrinks the "
-            f"map {first}x ({total}x in all), so it needs data.image_size >= {2 * first} ({total} or more keeps "
-            f"every stage above 1x1){other}"
-        )
-
-
 def list_models() -> list[str]:
     """The network names `model=<name>` and create() accept: conf/model/*.yaml."""
     return sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
 
 
-def _override_value(value: Any) -> str:
-    """A Python value in Hydra's override syntax."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_override_value(v) for v in value) + "]"
-    if isinstance(value, str):  # quoted, so that "true", "1" or a path stay strings
-        # In Hydra's quoted strings a backslash escapes only a quote, or the backslashes just before
-        # a quote or the closing quote: double those, escape the quotes, leave the rest as is.
-        escaped = re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), value)
-        return f"'{escaped}'"
-    return repr(value)
-
-
 def create(name: str, num_classes: int = 1000, in_channels: int = 3, image_size: int = 224,
-           **overrides: Any) -> nn.Module:
-    """Build conf/model/<name>.yaml exactly as `model=<name>` on the command line would.
+           **kwargs: Any) -> nn.Module:
+    """Build conf/model/<name>.yaml with `kwargs` set on it, as `model=<name> model.<key>=<value>`
+    would: `create("resnet50", num_classes=10, block="preact_bottleneck", stem="cifar", drop_rate=0.2)`
+    (`block=` and `stages=` name files of conf/model/block/ and conf/model/stages/)."""
+    cfg = model_config(name, **kwargs)
+    return build_model(cfg, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
 
-    `block=` and `stages=` pick config-group files (model/block=..., model/stages=...); any other
-    keyword sets `model.<key>`: `create("resnet50", num_classes=10, block="preact_bottleneck",
-    stem="cifar", drop_rate=0.2)`.
-    """
+
+def model_config(name: str, **kwargs: Any) -> ModelConfig:
+    """conf/model/<name>.yaml as its schema's object (ResNetConfig, ...) with `kwargs` set, checked as
+    the command line's values are."""
     if name not in list_models():
         raise ConfigError(f"unknown model '{name}'; choose one of: {', '.join(list_models())}")
-    args = [f"model={name}"]
-    for key, value in overrides.items():
-        if key in ("block", "stages"):
+    values = {}
+    for key, value in kwargs.items():
+        if key in ("block", "stages") and isinstance(value, str):
             choices = sorted(p.stem for p in (conf_dir() / "model" / key).glob("*.yaml"))
             if value not in choices:
                 raise ConfigError(f"unknown model/{key} '{value}'; choose one of: {', '.join(choices)}")
-            args.append(f"model/{key}={value}")
-        else:
-            args.append(f"model.{key}={_override_value(value)}")
-    cfg = compose(args)
-    return build_model(cfg.model, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+            value = OmegaConf.to_container(OmegaConf.load(conf_dir() / "model" / key / f"{value}.yaml"))
+        values[key] = value
+    option = _option(conf_dir(), name)
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(schema_of("model", option)), option, values)
+    except OmegaConfBaseException as e:
+        raise ConfigError(one_line(e, prefix="model.", owner=f"model={name}")) from None
+    return checked(node)
+
+
+@cache
+def _option(conf: Path, name: str) -> dict:
+    """The `model` node conf/model/<name>.yaml composes to (its defaults list: block, stages, a base)."""
+    return to_plain(compose([f"model={name}"]).model)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from resexp.errors import ConfigError
-
 
 def _conv(in_channels: int, out_channels: int, padding: int, batch_norm: bool) -> list[nn.Module]:
     # With BN the conv bias is redundant (BN's shift replaces it).
@@ -22,6 +20,11 @@ def _head(sizes: list[int], num_classes: int, drop_rate: float) -> nn.Sequential
     return nn.Sequential(*layers, nn.Linear(sizes[-1], num_classes))
 
 
+def lenet5_side(image_size: int) -> int:
+    """The feature map's side after two (valid 3x3 conv, 2x2 pool) rounds."""
+    return ((image_size - 2) // 2 - 2) // 2
+
+
 class LeNet5(nn.Module):
     """Modified LeNet-5 (SEEDS R6): [conv 6@3x3 -> maxpool2 -> ReLU] -> [conv 16@3x3 -> maxpool2 -> ReLU]
     -> dense 120 -> 84 -> num_classes, with 'valid' convs as in Keras; optional BN after each conv.
@@ -33,9 +36,7 @@ class LeNet5(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
                  batch_norm: bool = False, drop_rate: float = 0.0):
         super().__init__()
-        side = ((image_size - 2) // 2 - 2) // 2  # two (valid 3x3 conv, 2x2 pool) rounds
-        if side < 1:
-            raise ConfigError(f"lenet5 needs data.image_size >= 10 (got {image_size})")
+        side = lenet5_side(image_size)  # >= 1: BaselineConfig checks data.image_size
         self.features = nn.Sequential(
             *_conv(in_channels, 6, 0, batch_norm), nn.MaxPool2d(2), nn.ReLU(inplace=True),
             *_conv(6, 16, 0, batch_norm), nn.MaxPool2d(2), nn.ReLU(inplace=True),

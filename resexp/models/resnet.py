@@ -11,7 +11,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from resexp.errors import ConfigError
 from resexp.models.blocks import BLOCKS, Block
 from resexp.models.stems import STEMS
 
@@ -36,12 +35,8 @@ class ResNet(nn.Module):
                  dilation: Sequence[bool] = (), zero_init_residual: bool | None = None,
                  drop_rate: float = 0.0):
         super().__init__()
-        _check(depths, widths, strides, stride_position, width, dilation, drop_rate)
         block = BLOCKS.get(block) if isinstance(block, str) else block
         zero_init = block.zero_init_default if zero_init_residual is None else zero_init_residual
-        if zero_init and not block.residual:
-            raise ConfigError("model.zero_init_residual=true needs a residual block: zeroing the last "
-                              "layer of a plain block cuts the signal")
         widths = [max(1, round(w * width)) for w in widths]
         self.block = block
         self.stride_position = stride_position
@@ -101,21 +96,3 @@ class ResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = torch.flatten(self.avgpool(self.forward_features(x)), 1)
         return self.fc(self.dropout(x))
-
-
-def _check(depths, widths, strides, stride_position, width, dilation, drop_rate) -> None:
-    if not (len(depths) == len(widths) == len(strides)) or not depths:
-        raise ConfigError(f"model.stages: depths, widths and strides need one entry per stage "
-                          f"(got {len(depths)}, {len(widths)}, {len(strides)})")
-    for key, values in (("depths", depths), ("widths", widths), ("strides", strides)):
-        if any(v < 1 for v in values):
-            raise ConfigError(f"model.stages.{key}: every entry must be >= 1 (got {list(values)})")
-    if stride_position not in ("first", "last"):
-        raise ConfigError(f"model.stride_position must be 'first' or 'last' (got '{stride_position}')")
-    if not width > 0:
-        raise ConfigError(f"model.width must be > 0 (got {width})")
-    if len(dilation) > len(depths) - 1:
-        raise ConfigError(f"model.dilation has one entry per stage after the first: at most "
-                          f"{len(depths) - 1} here (got {len(dilation)})")
-    if not 0 <= drop_rate < 1:
-        raise ConfigError(f"model.drop_rate must be in [0, 1) (got {drop_rate})")

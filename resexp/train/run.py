@@ -14,14 +14,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from resexp import provenance
-from resexp.config import to_plain
-from resexp.data import DATASETS, build_data
-from resexp.data.common import is_missing
+from resexp.config import checked, to_plain
+from resexp.data import build_data
 from resexp.errors import error_line
-from resexp.models import ARCHS, BLOCKS, STEMS, build_model, check_image_size
+from resexp.models import build_model
 from resexp.models.pretrained import check_pretrained, existing_file, load_backbone, read_state_dict
 from resexp.models.summary import count_params
-from resexp.optim import OPTIMIZERS, SCHEDULERS, check_optimizer
 from resexp.reports.run import write_run_report
 from resexp.runs import RunFacts, RunPaths, check_run_dir_free, check_run_dir_writable, outputs_root
 from resexp.trackers import TrackedRun, build_trackers, check_trackers, current_sweep
@@ -31,7 +29,7 @@ from resexp.train.evaluation import final_evaluation
 from resexp.train.logger import RunLogger
 from resexp.train.signals import stop_at_once
 from resexp.train.stopped import EVALUATION, REPORT, TRAINING, record_stop
-from resexp.train.trainer import Trainer, check_trainer
+from resexp.train.trainer import Trainer
 
 log = logging.getLogger("resexp")
 
@@ -43,20 +41,10 @@ def hydra_run_dir() -> Path:
 
 
 def check_choices(cfg: DictConfig, device: torch.device) -> None:
-    """Every registered name and trainer choice, before a data set is read or a model built: a typo
-    fails at once rather than after minutes of loading."""
-    if not is_missing(cfg.data, "name"):  # a missing name gets its own message from build_data
-        DATASETS.get(cfg.data.name)
-    ARCHS.get(cfg.model.arch)
-    if "stem" in cfg.model:  # resnets only
-        STEMS.get(cfg.model.stem)
-    if cfg.model.get("block") is not None:
-        BLOCKS.get(cfg.model.block.name)
-    OPTIMIZERS.get(cfg.optimizer.name)
-    check_optimizer(cfg.optimizer)
-    SCHEDULERS.get(cfg.scheduler.name)
-    check_trainer(cfg.trainer)
-    check_image_size(cfg.model, cfg.data.image_size)
+    """The config's bounds, names and rules (its schemas' own checks), the trackers, precision on this
+    device and the pretrained weights, before a data set is read or a model built: a typo fails at
+    once rather than after minutes of loading."""
+    checked(cfg)
     check_trackers(cfg.get("logger"))
     autocast(device, cfg.trainer.precision)
     if cfg.model.pretrained:

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from resexp.config import to_plain
-from resexp.errors import ConfigError, ResexpError
+from resexp.config import checked, to_plain
+from resexp.errors import ResexpError
 from resexp.optim import build_optimizer, build_scheduler
 from resexp.runs import RunFacts, RunPaths, write_metrics
 from resexp.train import evaluation
@@ -48,22 +48,6 @@ class NonFiniteLoss(ResexpError):
     pass
 
 
-def check_trainer(t) -> None:
-    """The trainer keys' bounds (their closed choices, monitor and compile_mode, are the schema's enums)."""
-    if t.accumulate < 1 or t.val_every < 1 or t.epochs < 1:
-        raise ConfigError("trainer.epochs, trainer.accumulate and trainer.val_every must be >= 1")
-    if t.ema_decay is not None and not 0 < t.ema_decay < 1:
-        raise ConfigError(f"trainer.ema_decay={t.ema_decay} must be between 0 and 1 (e.g. 0.999), or null for none")
-    if not 0 <= t.label_smoothing < 1:
-        raise ConfigError(f"trainer.label_smoothing={t.label_smoothing} must be in [0, 1) (e.g. 0.1; 0 for none)")
-    if t.checkpoint_every_n_steps is not None and t.checkpoint_every_n_steps < 1:
-        raise ConfigError(f"trainer.checkpoint_every_n_steps={t.checkpoint_every_n_steps} must be >= 1 "
-                          "(optimizer steps between saves of last.pt), or null for epoch ends only")
-    if t.grad_clip is not None and not t.grad_clip > 0:
-        raise ConfigError(f"trainer.grad_clip={t.grad_clip} must be > 0 (a maximum gradient norm, e.g. 1.0), "
-                          "or null for no clipping")
-
-
 def _mixer(cfg, num_classes: int):
     """torchvision's batch MixUp / CutMix (one of them at random when both are on), or None."""
     if cfg.mixup_alpha <= 0 and cfg.cutmix_alpha <= 0:
@@ -80,16 +64,15 @@ def _mixer(cfg, num_classes: int):
 
 class Trainer:
     def __init__(self, cfg, model: nn.Module, data, env: Env, run_dir: Path, facts: RunFacts):
-        self.cfg, self.tcfg, self.data, self.env = cfg, cfg.trainer, data, env
+        # the trainer's keys as a TrainerConfig object: checked, and plain attribute reads inside the loop
+        self.cfg, self.tcfg, self.data, self.env = cfg, checked(cfg.trainer), data, env
         self.run_dir, self.facts = run_dir, facts
         self.logger = RunLogger(run_dir, enabled=False, progress=False)  # run() attaches the real one
         self.checkpoints = Checkpoints(RunPaths(run_dir), to_plain(cfg), facts, write=env.is_main)
         self.signals = StopSignals(announce=env.is_main, vote=StopVote() if env.distributed else None)
         t = self.tcfg
-        check_trainer(t)
         self.device = env.device
         self.autocast = autocast(self.device, t.precision)
-        self._accumulate, self._grad_clip = t.accumulate, t.grad_clip  # read per step: plain values
 
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
@@ -153,7 +136,7 @@ class Trainer:
         n_batches = self.train_batches()
         every, save_every = self.tcfg.log_every_n_steps, self.tcfg.checkpoint_every_n_steps
         logged: list[tuple[int, torch.Tensor]] = []
-        accumulate = self.tcfg.accumulate  # DictConfig reads cost ~10-40 us: none inside the loop
+        accumulate = self.tcfg.accumulate
         images = 0
         bar = self.logger.bar(n_batches, s.batch, f"epoch {epoch + 1}/{self.tcfg.epochs}")
         for i, (x, y) in enumerate(loader, start=s.batch):
@@ -196,11 +179,11 @@ class Trainer:
             with self.autocast:
                 logits = self.train_forward(x)
                 loss = self.criterion(logits.float(), target)
-            self.scaler.scale(loss / self._accumulate if self._accumulate > 1 else loss).backward()
+            self.scaler.scale(loss / self.tcfg.accumulate if self.tcfg.accumulate > 1 else loss).backward()
         if step_now:
-            if self._grad_clip:
+            if self.tcfg.grad_clip:
                 self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), self._grad_clip)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
