@@ -27,8 +27,8 @@ PLUGINS = {
     "hydra/launcher=submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
     "hydra/launcher=local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
     "hydra/launcher=submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
-    "hydra/sweeper=optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
-    "hparams_search=": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+    "hydra/sweeper=search": ("optuna", "optuna"),
+    "hparams_search=": ("optuna", "optuna"),
 }
 
 
@@ -72,8 +72,21 @@ def ddp_worker_overrides() -> list[str]:
     return [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}", "hydra.output_subdir=null"]
 
 
+def register_plugins() -> None:
+    """resexp's own Hydra plugins (hydra_plugins/resexp_sweeps/), registered by Hydra's public call as
+    well: an editable install hides a namespace package's modules from Hydra's scan of hydra_plugins."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.resexp_sweeps.pool_launcher import PoolLauncher
+    from hydra_plugins.resexp_sweeps.search_sweeper import SearchSweeper
+
+    for plugin in (PoolLauncher, SearchSweeper):
+        Plugins.instance().register(plugin)
+
+
 def main() -> None:
     check_plugins(sys.argv[1:])
+    register_plugins()
     sys.argv += ddp_worker_overrides()
     with report_errors(exit_with_error):  # a composition error: one line and exit 2, like any user error
         app()
