@@ -121,7 +121,7 @@ class Pool:
                 self.pool.stop(self.futures)
             except (KeyboardInterrupt, _Stop):
                 pass
-        self.close()
+        self.close(kill=True)
         sweep_stopped(self.config, Path(str(self.config.hydra.sweep.dir)))
         raise SystemExit(INTERRUPTED_EXIT)
 
@@ -133,9 +133,9 @@ class Pool:
             pending -= self.wait_first(pending)
         return [result(f) for f in futures]
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
         if self.pool is not None:
-            self.pool.close()
+            self.pool.close(kill)
             self.pool = None
 
 

@@ -82,12 +82,20 @@ def _claim_slot(folder: str, slots: list[str], threads: int) -> None:
         raise RuntimeError("no free device slot for a new worker")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # loky workers may ignore it: Ctrl-C stops jobs
+    # Ctrl-C or SIGTERM stops the job a worker runs (the job records it); an idle worker ignores them,
+    # so that the pool stays whole while the sweep process stops the rest
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, _on_signal)
+
+
+def _on_signal(signum, frame) -> None:
+    if _SLOT.get("busy"):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def worker_slot() -> dict:
     """This worker's slot (index, device, threads); {} outside a pool worker."""
-    return {k: v for k, v in _SLOT.items() if k != "file"}
+    return {k: v for k, v in _SLOT.items() if k not in ("file", "busy")}
 
 
 def _in_slot(fn: Callable, args: tuple) -> tuple[dict, float, Any]:
@@ -97,7 +105,11 @@ def _in_slot(fn: Callable, args: tuple) -> tuple[dict, float, Any]:
 
         torch.set_num_threads(_SLOT["threads"])
     started = time.time()
-    return worker_slot(), started, fn(*args)
+    _SLOT["busy"] = True
+    try:
+        return worker_slot(), started, fn(*args)
+    finally:
+        _SLOT["busy"] = False
 
 
 class DevicePool:
@@ -138,8 +150,8 @@ class DevicePool:
                     pass
             wait(running, timeout=300)
 
-    def close(self) -> None:
-        self.executor.shutdown(wait=True)
+    def close(self, kill: bool = False) -> None:
+        self.executor.shutdown(wait=True, kill_workers=kill)
         self._folder.cleanup()
 
 
