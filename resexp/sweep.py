@@ -201,6 +201,10 @@ class SweepCallback(Callback):
         from resexp.cli import exit_with_error
         from resexp.trackers import start_sweep
 
+        if str(config.hydra.launcher.get("_target_", "")).endswith("submitit_launcher.SlurmLauncher"):
+            from resexp.sweeps.slurm import quiet_sacct
+
+            quiet_sacct()
         if is_main_process():  # the sweep's parent run (MLflow), when a chosen tracker has one
             sweep_dir = Path(str(config.hydra.sweep.dir))
             try:
