@@ -65,7 +65,9 @@ def run_sweep_job(cfg, run: Callable[..., float]) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from resexp.sweeps.jobs import job_lock
+    from resexp.train.environment import _export_submitit_ranks
 
+    _export_submitit_ranks()  # a DDP job's tasks learn their ranks now: rank 0 alone holds the job's lock
     hydra_cfg = HydraConfig.get()
     run_dir, num = Path(hydra_cfg.runtime.output_dir), hydra_cfg.job.num
     try:

@@ -67,8 +67,9 @@ def test_a_pruned_trial_has_its_own_status(tmp_path, monkeypatch, in_process):
     """A pruner stops trial 1 after its first epoch: metrics.json says pruned (with the epoch), the
     study PRUNED, the report lists it, and the sweep exits 0 (a pruned trial is a result)."""
     monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: self.number == 1)
-    sweep = tmp_path / "s"
-    args = [*SEARCH, "trainer.epochs=2", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}"]
+    sweep, uri = tmp_path / "s", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [*SEARCH, "trainer.epochs=2", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}",
+            "logger=mlflow", f"logger.mlflow.tracking_uri={uri}"]
     assert in_process(tmp_path, *args) == 0
     assert [(t[1], sorted(t[4])) for t in trials(sweep)] == [("COMPLETE", [1, 2]), ("PRUNED", [1])]
     metrics = json.loads((sweep / "1/metrics.json").read_text())
@@ -76,6 +77,13 @@ def test_a_pruned_trial_has_its_own_status(tmp_path, monkeypatch, in_process):
     assert (sweep / "1/checkpoints/last.pt").is_file()
     md = (sweep / "sweep_summary.md").read_text()
     assert "| pruned |" in md and "pruned at epoch 1" in md
+    # the trial's MLflow run (a child of the sweep's) carries the status; MLflow's own ends KILLED
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    by_status = {r.data.tags.get("status"): r.info.status for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert by_status == {"completed": "FINISHED", "pruned": "KILLED"}
 
 
 def test_a_misspelt_preset_key_stops_in_one_line(tmp_path, in_process, capsys):
