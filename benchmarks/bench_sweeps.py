@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def resexp(args: list[str], cwd: Path) -> float:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "resexp", "-m", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "resexp", "-m", *args], cwd=cwd, env=env,
+                         capture_output=True, text=True)
     wall = time.perf_counter() - t
     if out.returncode != 0:
         raise SystemExit(f"failed: {' '.join(args)}\n{out.stderr[-2000:]}")
@@ -72,7 +73,8 @@ def main() -> None:
     if a.part in ("grid", "both"):
         rows = [grid(["hydra/launcher=pool", "hydra.launcher.workers=2"], "pool", work),
                 grid(["hydra/launcher=parallel", "hydra.launcher.n_jobs=2"], "joblib", work)]
-        print("\n| launcher (2 workers) | wall time | job start times, s after the first (epochs 1..8) |\n|---|---:|---|")
+        print("\n| launcher (2 workers) | wall time | job start times, s after the first (epochs 1..8) |")
+        print("|---|---:|---|")
         for r in rows:
             print(f"| {r['launcher']} | {r['wall_s']:.1f} s | {', '.join(str(r['starts'][n]) for n in range(8))} |")
         print(json.dumps(rows))

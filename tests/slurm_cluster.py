@@ -98,7 +98,8 @@ def cluster(state: Path):
             subprocess.run(["slurmd", "-N", "localhost"], env=env, check=True, timeout=30)
             for _ in range(150):
                 try:
-                    out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=5)
+                    out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True,
+                                         timeout=5)
                 except subprocess.TimeoutExpired:
                     continue
                 if out.stdout.strip() == "idle":

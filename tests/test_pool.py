@@ -89,7 +89,8 @@ def test_a_grid_on_the_pool_stopped_by_sigterm_continues(tmp_path):
             "trainer.epochs=1,6"]
     p = resexp_cli(*args, cwd=tmp_path)
     # job 0 (1 epoch) completes; job 1 (6 epochs) is stopped after its second
-    wait_for(lambda: status(sweep / "0").get("status") == "completed" and len(status(sweep / "1").get("history", [])) >= 2)
+    wait_for(lambda: status(sweep / "0").get("status") == "completed"
+             and len(status(sweep / "1").get("history", [])) >= 2)
     os.kill(p.pid, signal.SIGTERM)
     out = p.communicate(timeout=240)[0]
     assert p.returncode == 130, out

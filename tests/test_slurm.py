@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from slurm_cluster import cluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -211,7 +211,8 @@ def search_lines(search: dict) -> list[str]:
         states[t["state"]] = states.get(t["state"], 0) + 1
     lines = ["", "## Search", "",
              f"Study `{search['study']}` ({search['sampler']} sampler, {search['pruner']} pruner, "
-             f"{search['direction']} {search['objective']}): " + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+             f"{search['direction']} {search['objective']}): "
+             + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
              + f" of {search['n_trials']} trials. Storage: `{search['storage']}`."]
     best = search.get("best")
     if best:

@@ -54,7 +54,8 @@ def distribution(o):
         return CategoricalDistribution(list(o.sweep_iterator()))
     if isinstance(value, IntervalSweep):
         log = "log" in value.tags
-        if "int" in value.tags or all(isinstance(x, int) for x in (value.start, value.end)) and "float" not in value.tags:
+        ints = all(isinstance(x, int) for x in (value.start, value.end)) and "float" not in value.tags
+        if "int" in value.tags or ints:
             return IntDistribution(int(value.start), int(value.end), log=log)
         return FloatDistribution(float(value.start), float(value.end), log=log)
     raise ConfigError(f"hydra.sweeper.params.{key}: {o.input_line} is not a search range "

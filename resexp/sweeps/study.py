@@ -82,7 +82,8 @@ def search_config(given: Mapping) -> SearchConfig:
     if isinstance(given, DictConfig):
         given = OmegaConf.to_container(given, resolve=True)
     cfg = _checked(SearchConfig, given, "hydra.sweeper.")
-    for value, choices, key in ((cfg.sampler.name, SAMPLERS, "sampler.name"), (cfg.pruner.name, PRUNERS, "pruner.name"),
+    for value, choices, key in ((cfg.sampler.name, SAMPLERS, "sampler.name"),
+                                (cfg.pruner.name, PRUNERS, "pruner.name"),
                                 (cfg.direction, (None, "maximize", "minimize"), "direction")):
         if value not in choices:
             raise ConfigError(f"hydra.sweeper.{key}={value} is not one of: {', '.join(c for c in choices if c)}")
@@ -92,7 +93,8 @@ def search_config(given: Mapping) -> SearchConfig:
 
 
 def direction(cfg: SearchConfig, monitor: str) -> str:
-    """The study's direction: the objective is trainer.monitor's best value; a direction that contradicts it is an error."""
+    """The study's direction: the objective is trainer.monitor's best value, and a direction that
+    contradicts it is an error."""
     implied = DIRECTIONS[monitor]
     if cfg.direction not in (None, implied):
         raise ConfigError(f"hydra.sweeper.direction={cfg.direction} contradicts trainer.monitor={monitor} "
