@@ -16,7 +16,7 @@ optuna = pytest.importorskip("optuna")
 # A trial of about a second: 3 stages of 1 block on 8x8 synthetic images, 3 batches an epoch.
 TINY = ["data=synthetic", "data.num_samples=64", "data.image_size=8", "data.batch_size=16",
         "model.stages.depths=[1,1,1]", "trainer.progress=false", "trainer.report=false"]
-SEARCH = ["-m", "hparams_search=digits_optuna", *TINY, "trainer.epochs=3", "hydra.sweeper.n_trials=3",
+SEARCH = ["-m", "hparams_search=digits_optuna", *TINY, "trainer.epochs=2", "hydra.sweeper.n_trials=3",
           "hydra.sweeper.sampler.n_startup_trials=2", "hydra.sweeper.pruner.n_startup_trials=2",
           "hydra.sweeper.pruner.n_warmup_steps=0", "model=resnet20"]
 
@@ -34,7 +34,7 @@ def test_a_stopped_search_resumes_to_the_same_trials(tmp_path, monkeypatch, in_p
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert in_process(tmp_path, *SEARCH, f"hydra.sweep.dir={straight}") == 0
     expected = trials(straight)
-    assert [t[1] for t in expected] != ["RUNNING"] * 3 and all(t[1] in ("COMPLETE", "PRUNED") for t in expected)
+    assert [t[1] for t in expected] == ["COMPLETE", "COMPLETE", "PRUNED"]  # trial 2 below the median
 
     # SIGTERM arrives while trial 1 validates its first epoch: the sweep stops, trial 1 stays RUNNING
     report = TrialLink.on_validated

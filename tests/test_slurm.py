@@ -60,13 +60,17 @@ def test_a_ddp_job_with_two_tasks(tmp_path, slurm_env):
 
 
 def test_a_requeued_job_ends_with_the_weights_of_one_never_stopped(tmp_path, slurm_env):
-    job = [*TINY, "data.num_samples=256", "trainer.epochs=60", "scheduler=constant", "trainer.deterministic=true"]
+    # about a minute of training on an idle 2-core machine: SLURM signals it 30 s in (timeout_min=1,
+    # signal_delay_s=30) at least once, more often on a busy one
+    job = [*TINY, "data.num_samples=512", "data.image_size=16", "trainer.epochs=40", "scheduler=constant",
+           "trainer.deterministic=true"]
     sweep = tmp_path / "requeue"
-    out = resexp("-m", *SLURM, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=45",
+    out = resexp("-m", *SLURM, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30",
+                 "hydra.launcher.max_num_timeout=6",
                  "trainer.resume=auto", *job, f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=slurm_env)
     assert out.returncode == 0, out.stderr
     m = metrics(sweep / "0")
-    assert m["status"] == "completed" and len(m["history"]) == 60
+    assert m["status"] == "completed" and len(m["history"]) == 40
     assert "resumed_from" in m, "the job was never requeued: make it longer"
     straight = tmp_path / "straight"
     ref = resexp(*job, f"hydra.run.dir={straight}", cwd=tmp_path, env=slurm_env)
