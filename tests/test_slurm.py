@@ -31,7 +31,7 @@ def slurm_env(tmp_path):
         yield {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def resexp(*args: str, cwd: Path, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+def resexp(*args: str, cwd: Path, env: dict, timeout: float = 1200) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "resexp", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
