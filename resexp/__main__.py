@@ -30,8 +30,8 @@ PLUGINS = {
     "hydra/launcher=submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
     "hydra/launcher=local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
     "hydra/launcher=submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
-    "hydra/sweeper=optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
-    "hparams_search=": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+    "hydra/sweeper=search": ("optuna", "optuna"),
+    "hparams_search=": ("optuna", "optuna"),
 }
 
 
@@ -118,12 +118,25 @@ def trusted_targets() -> AbstractContextManager:
         from hydra.utils import execution_whitelist
     except ImportError:
         return nullcontext()
-    return execution_whitelist(["resexp.*"])
+    return execution_whitelist(["resexp.*", "hydra_plugins.resexp_sweeps.*"])
+
+
+def register_plugins() -> None:
+    """resexp's own Hydra plugins (hydra_plugins/resexp_sweeps/), registered by Hydra's public call as
+    well: an editable install hides a namespace package's modules from Hydra's scan of hydra_plugins."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.resexp_sweeps.pool_launcher import PoolLauncher
+    from hydra_plugins.resexp_sweeps.search_sweeper import SearchSweeper
+
+    for plugin in (PoolLauncher, SearchSweeper):
+        Plugins.instance().register(plugin)
 
 
 def main() -> None:
     argv = sys.argv[1:]
     check_plugins(argv)
+    register_plugins()
     sys.argv += ddp_worker_overrides()
     if full_error() or {"-sc", "--shell-completion"} & {a.split("=")[0] for a in argv}:
         with trusted_targets():

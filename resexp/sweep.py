@@ -13,6 +13,7 @@ This module is imported by Hydra at start-up (the callback): keep torch out of i
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 import os
@@ -58,17 +59,63 @@ REFUSED: list[str] = []
 
 
 def run_sweep_job(cfg, run: Callable[..., float]) -> float:
-    """One multirun job: `run(cfg)`'s best validation accuracy, or NaN after recording a failure."""
+    """One multirun job: `run(cfg)`'s best validation accuracy, or NaN after recording a failure.
+    Run again in the same sweep directory, a job that ended is kept and one that was stopped
+    resumes (resexp/sweeps/jobs.py); in a search, the job reports to the study (resexp/sweeps/trial.py)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from resexp.train.signals import Interrupted
+    from resexp.sweeps.jobs import job_lock
+    from resexp.train.environment import _export_submitit_ranks
 
+    _export_submitit_ranks()  # a DDP job's tasks learn their ranks now: rank 0 alone holds the job's lock
     hydra_cfg = HydraConfig.get()
     run_dir, num = Path(hydra_cfg.runtime.output_dir), hydra_cfg.job.num
+    try:
+        with job_lock(run_dir):
+            return _run_job(cfg, run, run_dir, num, [str(o) for o in hydra_cfg.overrides.task])
+    except RunDirError as e:  # the job's directory holds an earlier job: record nothing over it
+        if is_main_process():
+            log.error(f"job #{num} refused: {e}; the sweep goes on")
+            REFUSED.append(f"#{num}: {e}")
+        return float("nan")
+
+
+def _run_job(cfg, run: Callable[..., float], run_dir: Path, num: int, overrides: list[str]) -> float:
+    from omegaconf import open_dict
+
+    from resexp.sweeps.jobs import KEPT, clear_partial, earlier, record
+    from resexp.sweeps.pool import worker_slot
+    from resexp.sweeps.trial import Pruned, objective, trial_for_job
+    from resexp.train.signals import Interrupted
+
     started = time.perf_counter()
     wall = lambda: round(time.perf_counter() - started, 3)
+    trial = None
     try:
-        value = run(cfg)
+        trial = trial_for_job(cfg)
+        before = earlier(run_dir, overrides)
+        if before.status in KEPT:  # the same job ended in an earlier run of this sweep
+            log.info(f"job #{num} {before.status} in an earlier run of this sweep: kept ({run_dir})")
+            if trial is not None:
+                trial.tell(before.status, objective(before.metrics or {}, trial.monitor))
+            best = (before.metrics or {}).get("best") or {}
+            return float(best["val_acc"]) if best.get("val_acc") is not None else float("nan")
+        if before.status is not None:  # stopped: continue from its own last.pt, or start afresh
+            if before.resumable:
+                cfg = copy.deepcopy(cfg)
+                with open_dict(cfg):
+                    cfg.trainer.resume = str(run_dir)
+                log.info(f"job #{num} was stopped ({before.status}): it resumes from its last.pt")
+            elif is_main_process():
+                clear_partial(run_dir)
+        if is_main_process():
+            record(run_dir, overrides, str(cfg.trainer.device), worker_slot())
+        value = run(cfg, on_validated=[trial.on_validated]) if trial is not None else run(cfg)
+    except Pruned as e:  # the run recorded it (metrics.json: "pruned", its history and last.pt kept)
+        write_metrics(run_dir, {"wall_s": wall()}, merge=True)
+        trial.tell("pruned")
+        log.info(f"job #{num}: {e}")
+        return e.value
     except (Interrupted, KeyboardInterrupt) as e:
         # Ctrl-C (or SIGTERM) stops the whole sweep, not just this job. An Interrupted comes from the
         # run, which recorded it as a single run does (resexp/train/stopped.py); before training, nothing had.
@@ -76,11 +123,8 @@ def run_sweep_job(cfg, run: Callable[..., float]) -> float:
         write_metrics(run_dir, {**stop, "wall_s": wall()}, merge=True)
         if is_main_process():
             log.error(f"job #{num} stopped: {error_line(e)}; the sweep stops here")
-            sweep_dir = Path(str(hydra_cfg.sweep.dir))
-            summary_lines(sweep_dir)
-            from resexp.trackers import end_sweep
-
-            end_sweep(cfg.get("logger"), sweep_dir, "interrupted")  # on_multirun_end, which would, never comes
+            if not worker_slot():  # a pool worker's sweep process reports the stop itself
+                sweep_stopped(cfg)
         raise SystemExit(INTERRUPTED_EXIT) from None
     except SystemExit as e:
         if _from_submitit_requeue(e):
@@ -88,18 +132,19 @@ def run_sweep_job(cfg, run: Callable[..., float]) -> float:
             write_metrics(run_dir, requeued, merge=True)
             raise
         failure = e
-    except RunDirError as e:  # the job's directory holds an earlier job: record nothing over it
-        if is_main_process():
-            log.error(f"job #{num} refused: {e}; the sweep goes on")
-            REFUSED.append(f"#{num}: {e}")
-        return float("nan")
+    except RunDirError:
+        raise
     except Exception as e:  # noqa: BLE001 - any failure of one job is recorded; the sweep goes on
         failure = e
     else:
         write_metrics(run_dir, {"wall_s": wall()}, merge=True)
+        if trial is not None:
+            trial.tell("completed", objective(_read_metrics(run_dir), trial.monitor))
         return value
 
     line = error_line(failure)
+    if trial is not None:
+        trial.tell("failed")
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         RunPaths(run_dir).error_log.write_text("".join(traceback.format_exception(failure)))
@@ -108,6 +153,27 @@ def run_sweep_job(cfg, run: Callable[..., float]) -> float:
     del failure
     _free_memory()
     return float("nan")
+
+
+def _read_metrics(run_dir: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(RunPaths(run_dir).metrics.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def sweep_stopped(cfg, sweep_dir: Path | None = None) -> None:
+    """A stopped sweep's report and trackers (on_multirun_end, which would write them, never comes)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from resexp.trackers import end_sweep
+
+    sweep_dir = sweep_dir or Path(str(HydraConfig.get().sweep.dir))
+    for line in summary_lines(sweep_dir)[1]:
+        log.info(line)
+    end_sweep(cfg.get("logger"), sweep_dir, "interrupted")
 
 
 def summary_lines(sweep_dir: Path, write: bool = True) -> tuple[list, list[str]]:
@@ -129,43 +195,18 @@ def summary_lines(sweep_dir: Path, write: bool = True) -> tuple[list, list[str]]
     return jobs, lines
 
 
-def continue_optuna_study(config) -> None:
-    """An Optuna search with a storage (SQLite) continues its study: `n_trials` counts the trials
-    that study finished before, so re-running an interrupted search runs only the rest. A trial
-    the interruption left RUNNING is not counted: it is run again (with new parameters)."""
-    from omegaconf import read_write
-
-    sweeper_cfg = config.hydra.sweeper
-    storage, name = str(sweeper_cfg.storage), sweeper_cfg.study_name
-    if storage.startswith("sqlite:///"):  # SQLite creates the file, not its folder
-        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    import optuna
-
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:  # a new study
-        return
-    done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
-    wanted = int(sweeper_cfg.n_trials)
-    left = max(0, wanted - done)
-    log.info(f"Optuna study '{name}' in {storage}: {done} of {wanted} trials finished earlier; running {left} more")
-    with read_write(sweeper_cfg):
-        sweeper_cfg.n_trials = left
-    if left == 0:  # no job will create the sweep directory, where Optuna writes its results
-        Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-
-
 class SweepCallback(Callback):
     """Writes sweep_summary.{csv,md} and sweep_val_acc.png at the sweep's root when a multirun ends,
-    and exits non-zero when a job did not complete. Continues an Optuna study kept in a storage."""
+    and exits non-zero when a job did not complete (a pruned trial is a result, not a failure)."""
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
         from resexp.cli import exit_with_error
         from resexp.trackers import start_sweep
 
-        sweeper = config.hydra.sweeper
-        if "optuna" in str(sweeper.get("_target_", "")) and sweeper.get("storage") and sweeper.get("study_name"):
-            continue_optuna_study(config)
+        if str(config.hydra.launcher.get("_target_", "")).endswith("submitit_launcher.SlurmLauncher"):
+            from resexp.sweeps.slurm import quiet_sacct
+
+            quiet_sacct()
         if is_main_process():  # the sweep's parent run (MLflow), when a chosen tracker has one
             sweep_dir = Path(str(config.hydra.sweep.dir))
             try:
@@ -184,7 +225,7 @@ class SweepCallback(Callback):
         jobs, lines = summary_lines(sweep_dir, write=True)
         for line in lines:
             log.info(line)
-        failed = [j for j in jobs if j.status != "completed"]
+        failed = [j for j in jobs if j.status not in ("completed", "pruned")]
         end_sweep(config.get("logger"), sweep_dir, "failed" if failed or REFUSED else "completed")
         if REFUSED:
             print(f"error: {len(REFUSED)} sweep job(s) were not run: {'; '.join(REFUSED)}", file=sys.stderr)

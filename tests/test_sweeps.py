@@ -1,5 +1,5 @@
 """Sweeps: failing jobs are recorded and the sweep goes on, the sweep report, the report command,
-the joblib and submitit launchers, the Optuna sweeper with an SQLite study that continues."""
+the joblib and submitit launchers (the pool launcher: test_pool.py; the Optuna search: test_search.py)."""
 
 from __future__ import annotations
 
@@ -175,35 +175,3 @@ def test_submitit_local_sweep(tmp_path):
     root = sweep_dir(tmp_path)
     assert [r["status"] for r in read_csv(root / "sweep_summary.csv")] == ["completed", "failed"]
     assert list((root / ".submitit").iterdir())  # the jobs went through submitit
-
-
-# --- Optuna: an SQLite study that an interrupted search continues ------------------------------------------
-def test_optuna_study_continues_where_it_stopped(tmp_path, monkeypatch, in_process):
-    optuna = pytest.importorskip("optuna")
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    from hydra.core.hydra_config import HydraConfig
-
-    seen = []
-
-    def fake_run(cfg, run_dir=None):
-        seen.append((cfg.model.name, cfg.optimizer.lr))
-        fake_metrics(Path(HydraConfig.get().runtime.output_dir), [0.5, 1 - cfg.optimizer.lr])
-        return 1 - cfg.optimizer.lr
-
-    monkeypatch.setattr("resexp.train.run", fake_run)
-    db = tmp_path / "study" / "s.db"  # its folder does not exist yet
-    args = ["-m", "hparams_search=digits_optuna", f"hydra.sweeper.storage=sqlite:///{db}",
-            "hydra.sweeper.study_name=t", "hydra.sweeper.sampler.n_startup_trials=2"]
-    assert in_process(tmp_path, *args, "hydra.sweeper.n_trials=2") == 0
-    assert len(seen) == 2 and all(0.003 <= lr <= 0.3 for _, lr in seen)
-    # "interrupted" after 2 of 3 trials: the same search again runs only the third
-    assert in_process(tmp_path, *args, "hydra.sweeper.n_trials=3") == 0
-    assert len(seen) == 3
-    assert in_process(tmp_path, *args, "hydra.sweeper.n_trials=3") == 0  # complete: nothing to run
-    assert len(seen) == 3
-    study = optuna.load_study(study_name="t", storage=f"sqlite:///{db}")
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
-    assert study.best_value == pytest.approx(max(1 - lr for _, lr in seen))
-    sweeps = sorted(tmp_path.glob("outputs/multirun/*/*"))
-    assert len(sweeps) == 3 and all((d / "optimization_results.yaml").is_file() for d in sweeps)
-    assert [len(read_csv(d / "sweep_summary.csv")) for d in sweeps[:2]] == [2, 1]

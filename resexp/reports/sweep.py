@@ -25,10 +25,11 @@ import yaml
 from resexp.errors import ResexpError
 from resexp.runs import RunPaths
 
-CSV_NAME, MD_NAME, PLOT_NAME, TRAIN_PLOT_NAME = (
-    "sweep_summary.csv", "sweep_summary.md", "sweep_val_acc.png", "sweep_train_error.png")
+CSV_NAME, MD_NAME, PLOT_NAME, TRAIN_PLOT_NAME, IMPORTANCE_PLOT_NAME = (
+    "sweep_summary.csv", "sweep_summary.md", "sweep_val_acc.png", "sweep_train_error.png", "sweep_importance.png")
 CSV_COLUMNS = ["job", "overrides", "status", "best_epoch", "best_val_acc", "final_val_acc", "final_train_acc",
-               "params", "wall_s", "error", "dir"]
+               "params", "wall_s", "error", "dir", "pruned_epoch"]
+SEARCH_FILE = "search.json"  # a search's study, written by resexp/sweeps/search.py
 
 
 class ReportError(ResexpError):
@@ -49,6 +50,7 @@ class Job:
     final_train_acc: float | None = None
     params: int | None = None
     wall_s: float | None = None
+    pruned_epoch: int | None = None  # a search trial the pruner stopped: after this epoch
     history: list[dict] = field(default_factory=list)
 
     @property
@@ -96,6 +98,7 @@ def load_job(run_dir: Path) -> Job:
     job.final_val_acc = vals[-1] if vals else None
     job.final_train_acc = history[-1].get("train_acc") if history else None
     job.params = metrics.get("params")
+    job.pruned_epoch = metrics.get("pruned_epoch")
     wall = metrics.get("wall_s")
     job.wall_s = wall if wall is not None else (sum(r.get("seconds") or 0 for r in history) if history else None)
     job.history = history
@@ -164,6 +167,7 @@ def csv_rows(jobs: list[Job], out_dir: Path) -> list[dict]:
         "best_epoch": _num(j.best_epoch), "best_val_acc": _num(j.best_val_acc), "final_val_acc": _num(j.final_val_acc),
         "final_train_acc": _num(j.final_train_acc), "params": _num(j.params), "wall_s": _num(j.wall_s, 1),
         "error": j.error or "", "dir": os.path.relpath(j.dir.resolve(), out_dir.resolve()),
+        "pruned_epoch": _num(j.pruned_epoch),
     } for j in jobs]
 
 
@@ -192,7 +196,39 @@ def degradation_gaps(jobs: list[Job]) -> list[dict]:
     return sorted(rows, key=lambda r: (_natural(Path(r["network"])), r["residual"]))
 
 
-def markdown(jobs: list[Job], title: str, gaps: list[dict], plots: list[str]) -> str:
+def read_search(folder: Path) -> dict | None:
+    """A search's search.json in the sweep directory, or None."""
+    try:
+        return json.loads((Path(folder) / SEARCH_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def search_lines(search: dict) -> list[str]:
+    """The study: its trials by state, the best trial, the parameter importances (Optuna's evaluator)."""
+    states: dict[str, int] = {}
+    for t in search.get("trials", []):
+        states[t["state"]] = states.get(t["state"], 0) + 1
+    lines = ["", "## Search", "",
+             f"Study `{search['study']}` ({search['sampler']} sampler, {search['pruner']} pruner, "
+             f"{search['direction']} {search['objective']}): "
+             + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+             + f" of {search['n_trials']} trials. Storage: `{search['storage']}`."]
+    best = search.get("best")
+    if best:
+        params = " ".join(f"{k}={v}" for k, v in sorted(best["params"].items()))
+        lines.append(f"Best trial: {best['number']} (job {best['number']}), {search['objective']} "
+                     f"{best['value']:.4f}, `{params}`.")
+    pruned = [t for t in search.get("trials", []) if t["state"] == "pruned"]
+    if pruned:
+        lines.append("Pruned: " + ", ".join(f"trial {t['number']} at epoch {t['last_epoch']}" for t in pruned) + ".")
+    if search.get("importances"):
+        lines += ["", "| parameter | importance |", "|---|---:|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in search["importances"].items()]
+    return lines
+
+
+def markdown(jobs: list[Job], title: str, gaps: list[dict], plots: list[str], search: dict | None = None) -> str:
     common, own = split_overrides(jobs)
     counts: dict[str, int] = {}
     for j in jobs:
@@ -214,7 +250,11 @@ def markdown(jobs: list[Job], title: str, gaps: list[dict], plots: list[str]) ->
         params = "" if j.params is None else f"{j.params:,}"
         lines.append(f"| {j.name} | {_md_cell(' '.join(own[j.name]))} | {j.status} | {_num(j.best_epoch)} | "
                      f"{_pct(j.best_val_acc)} | {_pct(j.final_val_acc)} | {params} | {wall} |")
-    failed = [j for j in jobs if j.status != "completed"]
+    pruned = [j for j in jobs if j.status == "pruned"]
+    if pruned:
+        lines += ["", "Pruned by the search's pruner (their curves end early, marked x):", ""]
+        lines += [f"- job {j.name}: pruned at epoch {j.pruned_epoch}" for j in pruned]
+    failed = [j for j in jobs if j.status not in ("completed", "pruned")]
     if failed:
         lines += ["", "Jobs that did not complete:", ""]
         lines += [f"- job {j.name}: {j.status}" + (f" - {_md_cell(j.error)}" if j.error else "") for j in failed]
@@ -227,6 +267,8 @@ def markdown(jobs: list[Job], title: str, gaps: list[dict], plots: list[str]) ->
             lines.append(f"| {g['network']} | {g['residual']} | {g['plain']} | {_pct(g['train_err_residual'])} | "
                          f"{_pct(g['train_err_plain'])} | {100 * g['gap']:+.2f} | {_pct(g.get('val_err_residual'))} | "
                          f"{_pct(g.get('val_err_plain'))} |")
+    if search:
+        lines += search_lines(search)
     for name in plots:
         lines += ["", f"![{name}]({name})"]
     return "\n".join(lines) + "\n"
@@ -251,8 +293,10 @@ def plot_curves(jobs: list[Job], path: Path, key: str, ylabel: str, error: bool 
             continue
         xs, ys = zip(*points, strict=True)
         ys = [1 - y for y in ys] if error else [100 * y for y in ys]
-        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3,
-                linestyle="-" if j.status == "completed" else "--", label=_label(j, own))
+        line, = ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3,
+                        linestyle="-" if j.status == "completed" else "--", label=_label(j, own))
+        if j.status == "pruned":
+            ax.plot(xs[-1:], ys[-1:], marker="x", markersize=9, color=line.get_color())
         drawn += 1
     if not drawn:
         return False
@@ -262,6 +306,22 @@ def plot_curves(jobs: list[Job], path: Path, key: str, ylabel: str, error: bool 
         ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="best")
+    fig.savefig(path, dpi=100)
+    return True
+
+
+def plot_importances(search: dict, path: Path) -> bool:
+    """A search's parameter importances as bars."""
+    from matplotlib.figure import Figure
+
+    importances = search.get("importances") or {}
+    if not importances:
+        return False
+    fig = Figure(figsize=(6, 1 + 0.4 * len(importances)), layout="constrained")
+    ax = fig.add_subplot()
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names])
+    ax.set_xlabel(f"importance for {search['objective']} (Optuna, fANOVA)")
     fig.savefig(path, dpi=100)
     return True
 
@@ -281,7 +341,10 @@ def build_report(jobs: list[Job], out_dir: Path, root: Path | None = None) -> li
         plots.append(PLOT_NAME)
     if gaps and plot_curves(jobs, out_dir / TRAIN_PLOT_NAME, "train_acc", "training error", error=True):
         plots.append(TRAIN_PLOT_NAME)
-    paths[1].write_text(markdown(jobs, str(root or out_dir), gaps, plots))
+    search = read_search(root) if root is not None else None
+    if search and plot_importances(search, out_dir / IMPORTANCE_PLOT_NAME):
+        plots.append(IMPORTANCE_PLOT_NAME)
+    paths[1].write_text(markdown(jobs, str(root or out_dir), gaps, plots, search))
     return paths + [out_dir / p for p in plots]
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from resexp.errors import error_line
 from resexp.trackers import TRACKERS, TrackedRun, Tracker, TrackerError, label, sweep_ids
 
-STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+# MLflow has no "pruned": a pruned trial ends KILLED (stopped early, not failed), its tag status=pruned says why
+STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED", "pruned": "KILLED"}
 BATCH = 100  # MLflow's limit on params per log_batch call
 PARENT_TAG = "mlflow.parentRunId"  # the MLflow UI nests a run under its parent by this tag
 
@@ -84,6 +85,7 @@ class MLflowTracker(Tracker):
     def finish(self, status: str, error: str | None = None) -> None:
         if error:
             self.client.set_tag(self.run_id, "error", error)
+        self.client.set_tag(self.run_id, "status", status)
         self.client.set_terminated(self.run_id, STATUS[status])
 
     @classmethod

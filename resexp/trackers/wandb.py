@@ -9,7 +9,7 @@ from pathlib import Path
 from resexp.errors import error_line
 from resexp.trackers import TRACKERS, TrackedRun, Tracker, TrackerError
 
-EXIT_CODES = {"completed": 0, "failed": 1, "interrupted": 130}  # W&B marks a run failed by its exit code
+EXIT_CODES = {"completed": 0, "failed": 1, "interrupted": 130, "pruned": 0}  # W&B marks a run failed by its exit code
 TAGS = ("model", "data", "host", "git_commit")  # W&B tags are short labels (64 characters at most)
 
 
@@ -49,4 +49,5 @@ class WandbTracker(Tracker):
     def finish(self, status: str, error: str | None = None) -> None:
         if error:
             self.run.summary["error"] = error
+        self.run.summary["status"] = status  # pruned ends with exit code 0 like completed: this tells them apart
         self.run.finish(exit_code=EXIT_CODES[status])

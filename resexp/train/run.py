@@ -51,8 +51,9 @@ def check_choices(cfg: DictConfig, device: torch.device) -> None:
         check_pretrained(cfg.model.pretrained, cfg.model.name, cfg.model.arch)
 
 
-def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
-    """Train as the config says; returns the best checkpoint's validation accuracy."""
+def run(cfg: DictConfig, run_dir: Path | None = None, on_validated=()) -> float:
+    """Train as the config says; returns the best checkpoint's validation accuracy. `on_validated`:
+    callables given (epoch, the epoch's metrics row) after each validation (a search's pruner)."""
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
     composed = to_plain(cfg)  # as the user asked for it, before data fills in the gaps
     env = setup(cfg.trainer)
@@ -68,6 +69,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
     run_cfg, data, model, facts = build(cfg, env, finetune=resume_path is None)
     prepare_run_dir(paths, composed, data, facts, env, cfg.data.name)
     trainer = Trainer(run_cfg, model, data, env, paths.root, facts)
+    trainer.on_validated.extend(on_validated)
     return fit_and_report(trainer, run_cfg, resume_path)
 
 

@@ -3,6 +3,7 @@ epoch best.pt holds, even when the save of a newer one failed) and says what is 
 not, and the error to show is one line:
 
     interrupted  a signal: where last.pt is from and how to resume, or what of the after-run report is missing
+    pruned       a search's pruner stopped the trial after a validation (resexp/sweeps/trial.py): its last.pt is current
     failed       an error; a full disk names the file, the file system, and the previous file that is intact
 """
 
@@ -13,6 +14,7 @@ import signal
 from pathlib import Path
 
 from resexp.errors import CheckpointError, DiskFullError
+from resexp.sweeps.trial import Pruned
 from resexp.train.checkpoint import read
 from resexp.train.signals import Interrupted, StopNow, position, resume_hint
 
@@ -40,12 +42,14 @@ def _when(path: Path, held: dict) -> str:
 
 def record_stop(trainer, e: BaseException, stage: str) -> tuple[str, BaseException]:
     """Write metrics.json for a run that `e` stopped during `stage`; returns the status written there
-    (interrupted or failed) and the error to raise: a one-line Interrupted for a signal, a
+    (interrupted, pruned or failed) and the error to raise: a one-line Interrupted for a signal, a
     DiskFullError that says what is intact, or `e` itself."""
     paths, run_dir = trainer.checkpoints.paths, trainer.run_dir
     best, last = (_held(p) if trainer.env.is_main else None for p in (paths.best, paths.last))
     status, error = "failed", e
-    if isinstance(e, Interrupted):  # the first signal in training: last.pt was saved, and the line says so
+    if isinstance(e, Pruned):
+        status = "pruned"
+    elif isinstance(e, Interrupted):  # the first signal in training: last.pt was saved, and the line says so
         status = "interrupted"
     elif isinstance(e, KeyboardInterrupt):
         name = signal.Signals(e.signum).name if isinstance(e, StopNow) else "SIGINT"
@@ -69,7 +73,7 @@ def record_stop(trainer, e: BaseException, stage: str) -> tuple[str, BaseExcepti
         if held and path == paths.last:
             intact += f". {resume_hint(run_dir)} once there is space"
         error = DiskFullError(f"{e}{intact}", path)
-    extra = {}
+    extra = {"pruned_epoch": e.epoch} if isinstance(e, Pruned) else {}
     if best is not None and best.get("best", {}).get("epoch") != trainer.state.monitor.best.get("epoch"):
         extra["best"] = best["best"]  # the save of a newer best failed: best.pt still holds this one
     elif best is None and trainer.env.is_main:

@@ -95,6 +95,9 @@ class Trainer:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
         self.mixer = _mixer(t, facts.num_classes)
         self.state = TrainingState(Monitor(t.monitor, t.early_stopping_patience), self.device)
+        # called with (epoch, row) after each validated epoch, once last.pt and metrics.json hold it
+        # (a search's pruner: resexp/sweeps/trial.py); an exception from one stops the run
+        self.on_validated: list = []
 
     # --- the loop --------------------------------------------------------------------------
     def fit(self) -> None:
@@ -119,6 +122,9 @@ class Trainer:
                 self.save_last()
                 self.logger.epoch(row, epochs, bool(improved))
                 self.write_metrics(status="running")
+                if improved is not None:
+                    for hook in self.on_validated:
+                        hook(row["epoch"], row)
                 if improved is False and s.monitor.should_stop:
                     log.info(f"early stopping: {s.monitor.key} has not improved for {s.monitor.bad_evals} validations")
                     break
