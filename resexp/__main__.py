@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from resexp import ranks
-from resexp.cli import exit_with_error
+from resexp.cli import exit_with_error, name_too_long
 from resexp.config import conf_dir, report_errors
 from resexp.errors import ConfigError, ResexpError
 from resexp.runs import is_multirun
@@ -49,6 +49,11 @@ def app(cfg: DictConfig) -> float:
         exit_with_error(e)
     except KeyboardInterrupt as e:  # before training began: nothing of the run was recorded
         exit_with_error(e, BEFORE_TRAINING, code=INTERRUPTED_EXIT)
+    except OSError as e:  # a 20,000-character data.root: one line, not Python's page
+        line = name_too_long(e)
+        if line is None:
+            raise
+        exit_with_error(e, line)
 
 
 def check_plugins(argv: list[str]) -> None:
@@ -72,7 +77,21 @@ def ddp_worker_overrides() -> list[str]:
     return [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}", "hydra.output_subdir=null"]
 
 
+# Hydra runs one of these modes; two of them stop with a traceback (`-m --cfg job`)
+MODES = {"-m": "--multirun", "--multirun": "--multirun", "-r": "--run", "--run": "--run", "-c": "--cfg",
+         "--cfg": "--cfg", "-i": "--info", "--info": "--info"}
+
+
+def check_modes(argv: list[str]) -> None:
+    modes = sorted({MODES[a.split("=", 1)[0]] for a in argv if a.split("=", 1)[0] in MODES})
+    if len(modes) > 1:
+        exit_with_error(ConfigError(
+            f"{' and '.join(modes)} cannot be combined: Hydra does one of --run, --multirun, --cfg and --info "
+            f"at a time (to see one sweep job's config: --cfg job with that job's values, without -m)"))
+
+
 def main() -> None:
+    check_modes(sys.argv[1:])
     check_plugins(sys.argv[1:])
     sys.argv += ddp_worker_overrides()
     with report_errors(exit_with_error):  # a composition error: one line and exit 2, like any user error

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from hydra.core.default_element import GroupDefault
-from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
@@ -164,7 +164,7 @@ class CompositionError(ConfigError, ConfigCompositionException):
 def _load_configuration(self, *args, **kwargs):
     try:
         return _hydra_load(self, *args, **kwargs)
-    except (ConfigCompositionException, OmegaConfBaseException) as e:
+    except (ConfigCompositionException, OmegaConfBaseException, OverrideParseException) as e:
         error = CompositionError(one_line(e))
         error.__cause__ = e  # before reporting: HYDRA_FULL_ERROR=1 shows Hydra's own error below the line
         for report in _report:
@@ -226,6 +226,9 @@ def one_line(e: BaseException, prefix: str = "", owner: str | None = None) -> st
         if isinstance(hint, type) and issubclass(hint, Choice):
             return f"{prefix}{cause.full_key}={cause.value} is not one of: {', '.join(hint._value2member_map_)}{origin}"
         return f"{prefix}{cause.full_key}: {str(cause.msg).splitlines()[0]}{origin}"
+    if isinstance(e, OverrideParseException):  # the lexer's message is 4 lines with a caret
+        return (f"cannot read the override {e.override!r}: quote a value that has characters other than ASCII "
+                f"letters, digits and _-+./:@ in it, e.g. '{e.override.split('=', 1)[0]}=\"...\"' in the shell")
     if isinstance(e, MissingConfigException) and e.options:
         first = re.sub(r"^In '[^']*': ", "", text.splitlines()[0])
         return f"{first}; choose one of: {', '.join(o for o in e.options if not o.endswith('_schema'))}"

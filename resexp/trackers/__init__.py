@@ -30,7 +30,7 @@ class TrackedRun:
     """What a tracker is told about the run it records."""
 
     run_dir: Path
-    outputs: Path  # outputs/ above the run directory: where local stores live by default
+    outputs: Path  # outputs/ above the run directory: names are relative to it
     config: dict  # the run's config, plain
     info: dict  # run_info.json's facts (resexp/provenance.py)
     tags: dict[str, str]
@@ -76,8 +76,9 @@ class Tracker(ABC):
         """best.pt's re-evaluated metrics (epoch, val_acc, val_loss, ...)."""
 
     @abstractmethod
-    def log_artifacts(self, files: list[Path], root: Path) -> None:
-        """Files of the run directory, kept under their paths relative to `root`."""
+    def log_artifacts(self, files: list[Path], root: Path) -> dict[str, str] | None:
+        """Files of the run directory, kept under their paths relative to `root`; returns those that
+        could not be stored ({relative path: why}), the others stored all the same."""
 
     @abstractmethod
     def finish(self, status: str, error: str | None = None) -> None:

@@ -115,23 +115,33 @@ class RunLogger:
         return ids
 
     def finish(self, status: str, error: str | None = None, best: dict | None = None) -> None:
-        """End the trackers' runs: completed ones with the best metrics and the run directory's files."""
+        """End the trackers' runs: completed ones with the best metrics and the run directory's files.
+        A tracker's run always ends, also when some of the files could not be stored (a full disk):
+        they are named, in a warning and in the tracker's run."""
         if best is not None:
-            self._each("log_best", {k: v for k, v in best.items() if isinstance(v, (int, float))})
-            self._each("log_artifacts", run_files(self.run_dir), self.run_dir)
+            self._each("log_best", {k: v for k, v in best.items() if isinstance(v, (int, float))}, keep=True)
+            for tracker, missing in self._each("log_artifacts", run_files(self.run_dir), self.run_dir, keep=True):
+                if missing:
+                    shown = "; ".join(f"{name} ({why})" for name, why in list(missing.items())[:5])
+                    log.warning(f"logger={tracker.name}: {len(missing)} of the run's files were not stored: {shown}"
+                                + (f"; and {len(missing) - 5} more" if len(missing) > 5 else ""))
         self._each("finish", status, error)
         self.started.clear()
 
-    def _each(self, method: str, *args) -> None:
-        """Call a method of every open tracker. A tracker that fails (its server is gone) is dropped with
-        a warning: losing the tracker's record must not cost the training run."""
+    def _each(self, method: str, *args, keep: bool = False) -> list[tuple[Tracker, object]]:
+        """Call a method of every open tracker; returns (tracker, result) of those that answered. A
+        tracker that fails (its server is gone) is dropped with a warning, unless `keep` (its run is
+        still to be ended): losing the tracker's record must not cost the training run."""
+        results = []
         for tracker in list(self.started):
             try:
-                getattr(tracker, method)(*args)
+                results.append((tracker, getattr(tracker, method)(*args)))
             except Exception as e:  # noqa: BLE001
-                log.warning(f"logger={tracker.name}: {method} failed ({type(e).__name__}: {e}); "
-                            f"it records nothing more for this run")
-                self.started.remove(tracker)
+                log.warning(f"logger={tracker.name}: {method} failed ({type(e).__name__}: {e})"
+                            + ("" if keep else "; it records nothing more for this run"))
+                if not keep:
+                    self.started.remove(tracker)
+        return results
 
     def close(self) -> None:
         if self.writer:
