@@ -139,3 +139,102 @@ def test_mode_flags_long_names_and_unquoted_unicode_are_one_line(tmp_path, in_pr
 
     assert in_process(tmp_path, *TINY, "model.name=résnet", f"hydra.run.dir={tmp_path / 'u'}") == 2
     assert "cannot read the override 'model.name=résnet': quote" in one_line(capsys)
+
+
+# ------------------------------------------------------------------ 3, 4, 6: the MLflow store
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow store with its tables (creating them takes seconds; tests copy the file)."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch, empty_store) -> str:
+    """A copy of the empty store at ./outputs/mlflow.db, the default place (cwd: tmp_path); its URI."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    shutil.copyfile(empty_store, tmp_path / "outputs" / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
+
+
+def mlflow_run(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("resexp").experiment_id])
+    return run
+
+
+def test_the_default_store_is_in_the_starting_folders_outputs_and_is_printed(
+        tmp_path, in_process, mlflow_store):
+    uri = mlflow_store
+    elsewhere = tmp_path / "data" / "x" / "run"  # the old rule put the store in data/, two levels up
+    assert in_process(tmp_path, *TINY, "trainer.epochs=1", "logger=mlflow", f"hydra.run.dir={elsewhere}") == 0
+    assert mlflow_run(uri).info.status == "FINISHED"
+    assert not (tmp_path / "data" / "mlflow.db").exists()
+    log = (elsewhere / "__main__.log").read_text()
+    assert f"MLflow store: {uri} (artifacts: {(tmp_path / 'outputs' / 'mlartifacts').as_uri()}" in log, log
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs (needs root; skips otherwise), unmounted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    where = tmp_path / "small"
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def test_a_full_disk_during_the_artifact_upload_still_ends_the_mlflow_run_naming_what_is_missing(
+        tmp_path, in_process, mlflow_store, small_disk):
+    uri = mlflow_store
+    (tmp_path / "outputs" / "mlartifacts").symlink_to(small_disk)
+    (small_disk / "filler").write_bytes(b"x" * (64 - 12) * 1024)  # room for a few small files
+    d = tmp_path / "run"
+    assert in_process(tmp_path, *TINY, "trainer.epochs=1", "trainer.report=true", "logger=mlflow",
+                      f"hydra.run.dir={d}") == 0
+    run = mlflow_run(uri)
+    assert run.info.status == "FINISHED"  # not RUNNING forever
+    missing = run.data.tags["missing_artifacts"].split(", ")
+    assert missing and all((d / name).is_file() for name in missing), missing
+    assert json.loads((d / "metrics.json").read_text())["status"] == "completed"
+    log = (d / "__main__.log").read_text()
+    assert f"logger=mlflow: {len(missing)} of the run's files were not stored: {missing[0]} (" in log, log
+
+
+@pytest.mark.parametrize("where", ["server", "read-only folder"])
+def test_a_store_that_cannot_be_reached_or_written_is_one_line_within_seconds(tmp_path, in_process, capsys, where):
+    pytest.importorskip("mlflow")
+    if where == "server":
+        uri = "http://127.0.0.1:9"  # the discard port: nothing listens
+    else:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+            folder.chmod(0o500)
+            if os.access(folder, os.W_OK):
+                pytest.skip("cannot make a read-only folder here (root without chattr)")
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+    start = time.monotonic()
+    try:
+        code = in_process(tmp_path, *TINY, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}",
+                          f"hydra.run.dir={tmp_path / 'run'}")
+    finally:
+        if where != "server":
+            subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+    assert code == 2 and time.monotonic() - start < 20
+    line = one_line(capsys)
+    assert line.startswith("error: logger=mlflow") and str(uri.split("///")[-1]) in line, line
