@@ -238,3 +238,38 @@ def test_a_store_that_cannot_be_reached_or_written_is_one_line_within_seconds(tm
     assert code == 2 and time.monotonic() - start < 20
     line = one_line(capsys)
     assert line.startswith("error: logger=mlflow") and str(uri.split("///")[-1]) in line, line
+
+
+# ------------------------------------------------------------------ 7. a warm-up as long as the run
+def lrs(overrides: list[str], epochs: int, steps: int = 10) -> list[float]:
+    import torch
+
+    from resexp.config import compose
+    from resexp.optim import build_scheduler
+
+    cfg = compose([f"trainer.epochs={epochs}", *overrides])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.lr)
+    scheduler, out = build_scheduler(opt, cfg.scheduler, epochs=epochs, steps_per_epoch=steps), []
+    for _ in range(epochs * steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    return out
+
+
+def test_a_warm_up_longer_than_half_the_run_is_cut_to_half_and_said_with_the_numbers(caplog):
+    with caplog.at_level("WARNING", logger="resexp"):
+        long = lrs(["scheduler.warmup_epochs=50"], epochs=2)
+    assert max(long) == pytest.approx(0.1) and long.index(max(long)) == 10 and long[-1] < 0.005
+    assert "scheduler.warmup_epochs=50 is more than half the run (trainer.epochs=2): the run would end still " \
+           "warming up, at 0.136 x optimizer.lr and never decay; it warms up over the first half instead (1 epoch)" \
+           in caplog.text, caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="resexp"):
+        smoke = lrs([], epochs=1)  # the default 1-epoch warm-up in a 1-epoch run: no longer ends at its peak
+    assert max(smoke) == pytest.approx(0.1) and smoke.index(max(smoke)) == 5 and smoke[-1] < 0.01
+    assert "the run would end at its peak rate" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="resexp"):
+        ten = lrs([], epochs=10)  # a warm-up of at most half the run: as set
+    assert ten.index(max(ten)) == 10 and "warmup" not in caplog.text
