@@ -273,3 +273,42 @@ def test_a_warm_up_longer_than_half_the_run_is_cut_to_half_and_said_with_the_num
     with caplog.at_level("WARNING", logger="resexp"):
         ten = lrs([], epochs=10)  # a warm-up of at most half the run: as set
     assert ten.index(max(ten)) == 10 and "warmup" not in caplog.text
+
+
+# ------------------------------------------------------------------ the dashboards a user opens first
+def test_a_sweep_reads_at_a_glance_in_mlflow_tensorboard_hparams_and_its_plot(tmp_path, in_process, mlflow_store,
+                                                                              monkeypatch):
+    from matplotlib.figure import Figure
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    plotted = {}
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: (
+        plotted.__setitem__(Path(path).name, [y for line in fig.axes[0].lines for y in line.get_ydata()]),
+        save(fig, path, **kw))[1])
+    sweep = tmp_path / "outputs" / "multirun" / "s"
+    assert in_process(tmp_path, "-m", *TINY, "trainer.epochs=1", "logger=[tensorboard,mlflow]",
+                      "trainer.deterministic=false", "optimizer.lr=0.05,0.1", f"hydra.sweep.dir={sweep}") == 0
+
+    client = MlflowClient(tracking_uri=mlflow_store)
+    experiment = client.get_experiment_by_name("resexp")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI view
+    parent, *jobs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time"])
+    assert [j.info.run_name for j in jobs] == ["optimizer.lr=0.05 · multirun/s/0", "optimizer.lr=0.1 · multirun/s/1"]
+    command = jobs[0].data.tags["command"]
+    assert "optimizer.lr=0.05" in command and "0.05,0.1" not in command and " -m " not in command, command
+    params = jobs[0].data.params
+    assert params["trainer.deterministic"] == "false" and params["model.pretrained"] == "null"
+
+    # TensorBoard's HParams: the row named by what differs; its first five metrics are validation scores
+    events = EventAccumulator(str(sweep / "0" / "tb" / "hparams"))
+    events.Reload()
+    start = events.summary_metadata["_hparams_/session_start_info"].plugin_data.content
+    assert HParamsPluginData.FromString(start).session_start_info.group_name == "optimizer.lr=0.05 · multirun/s/0"
+    metrics = sorted(events.Tags()["scalars"])
+    assert metrics[:5] == ["best/epoch", "best/val_acc", "best/val_acc5", "best/val_loss", "val/acc"], metrics
+    assert not [t for t in metrics if t.startswith("train/")]
+
+    assert plotted["sweep_val_acc.png"] and all(0 <= y <= 1 for y in plotted["sweep_val_acc.png"])  # fractions
