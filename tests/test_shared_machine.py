@@ -312,3 +312,38 @@ def test_a_sweep_reads_at_a_glance_in_mlflow_tensorboard_hparams_and_its_plot(tm
     assert not [t for t in metrics if t.startswith("train/")]
 
     assert plotted["sweep_val_acc.png"] and all(0 <= y <= 1 for y in plotted["sweep_val_acc.png"])  # fractions
+
+
+# ------------------------------------------------------------------ noise
+def test_characters_no_font_has_are_said_once_not_once_a_glyph(caplog, recwarn):
+    import torch
+
+    from resexp.reports import figures
+
+    figures._told_missing = False
+    with caplog.at_level("WARNING", logger="resexp"):
+        for _ in range(2):
+            figures.render(figures.confusion(torch.eye(3, dtype=torch.long), ["猫", "犬", "кошка"]))
+    from matplotlib import font_manager
+
+    if {"Noto Sans CJK JP", "WenQuanYi Zen Hei"} & {f.name for f in font_manager.fontManager.ttflist}:
+        assert "no installed font" not in caplog.text  # a font that has them is used
+    else:
+        said = [r for r in caplog.records if "no installed font has (猫犬)" in r.message]
+        assert len(said) == 1, caplog.text
+    assert not [w for w in recwarn if "missing from font" in str(w.message)]
+
+
+def test_unreadable_images_skipped_are_said_once(tmp_path, in_process):
+    from test_faults import make_images
+
+    root = make_images(tmp_path / "imgs", per_class=6)
+    (root / "a" / "bad.png").write_bytes(b"not an image")
+    d = tmp_path / "run"
+    assert in_process(tmp_path, "data=image_folder", f"data.root={root}", "data.image_size=8", "data.val_split=0.25",
+                      "data.on_bad_file=skip", "data.batch_size=4", "model.stages.depths=[1,1,1]",
+                      "trainer.epochs=1", "trainer.progress=false", "trainer.report=false", "trainer.device=cpu",
+                      f"hydra.run.dir={d}") == 0
+    log = (d / "__main__.log").read_text()
+    said = [line for line in log.splitlines() if "WARNING" in line and "unreadable" in line]
+    assert len(said) == 1 and "skipping 1 unreadable image file(s)" in said[0] and "bad.png" in said[0], log

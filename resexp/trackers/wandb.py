@@ -43,24 +43,12 @@ class WandbTracker(Tracker):
         self.run.summary.update({f"best/{k}": v for k, v in metrics.items()})
 
     def log_artifacts(self, files: list[Path], root: Path) -> dict[str, str]:
-        from wandb.errors import term
-
         missing = {}
-        # the run's files (offline: linked into the W&B run directory until the sync); W&B says
-        # "Symlinked 1 file into the W&B run directory" for each, whatever the run's settings say
-        # (its terminal switch is module state, set by wandb.setup; left alone if it has moved)
-        shown = getattr(term, "_show_warnings", None)
-        if shown is not None:
-            term._show_warnings = False
-        try:
-            for f in files:
-                try:
-                    self.run.save(str(f), base_path=str(root), policy="now")
-                except Exception as e:  # noqa: BLE001 - the others are still saved
-                    missing[f.relative_to(root).as_posix()] = error_line(e, limit=120)
-        finally:
-            if shown is not None:
-                term._show_warnings = shown
+        for f in files:  # the run's files (offline: linked into the W&B run directory until the sync)
+            try:
+                self.run.save(str(f), base_path=str(root), policy="now")
+            except Exception as e:  # noqa: BLE001 - the others are still saved, and the run still ends
+                missing[f.relative_to(root).as_posix()] = error_line(e, limit=120)
         return missing
 
     def finish(self, status: str, error: str | None = None) -> None:

@@ -155,8 +155,6 @@ def prepare_run_dir(paths: RunPaths, composed: dict, data, facts: RunFacts, env:
         paths.config.write_text(OmegaConf.to_yaml(composed))
     if data.split is not None:
         paths.data_split.write_text(json.dumps(data.split, indent=1))
-    if data.skipped:
-        log.warning(f"{data.skipped} unreadable files were skipped (data.on_bad_file=skip)")
     log.info(f"model {facts.name}: {facts.params:,} parameters; data {data_name}: "
              f"{data.train.num_samples * env.world_size} train / {data.val.num_samples * env.world_size} val "
              f"images, {facts.num_classes} classes; device {env.device}; run dir {paths.root}")
