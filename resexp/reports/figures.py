@@ -180,7 +180,15 @@ def render(fig: Figure, dpi: int = 100) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def save_png(rgb: np.ndarray, path) -> None:
+def save_png(rgb: np.ndarray, path) -> bytes:
+    """Write the PNG; returns its bytes (TensorBoard takes the same encoded image: no second encoding)."""
+    import io
+
     from PIL import Image
 
-    Image.fromarray(rgb).save(path, format="PNG", compress_level=3)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=3)
+    data = buffer.getvalue()
+    with open(path, "wb") as f:
+        f.write(data)
+    return data

@@ -22,7 +22,7 @@ from resexp.models import ARCHS, BLOCKS, STEMS, build_model, check_image_size
 from resexp.models.pretrained import check_pretrained, existing_file, load_backbone, read_state_dict
 from resexp.models.summary import count_params
 from resexp.optim import OPTIMIZERS, SCHEDULERS, check_optimizer
-from resexp.reports.run import write_run_report
+from resexp.reports.run import prefetch, write_run_report
 from resexp.runs import RunFacts, RunPaths, claim_run_dir, outputs_root, release_run_dir
 from resexp.trackers import TrackedRun, build_trackers, check_trackers, current_sweep
 from resexp.train import checkpoint
@@ -190,6 +190,8 @@ def fit_and_report(trainer: Trainer, cfg: DictConfig, resume_path: Path | None) 
     stage = TRAINING
     try:
         start_tracking(logger, cfg, trainer, resume_path)
+        if cfg.trainer.report and env.is_main:
+            prefetch()
         with stop_at_once():  # outside fit's own handling (finish the step, save last.pt) a signal stops at once
             trainer.fit()
             stage = EVALUATION
