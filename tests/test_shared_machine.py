@@ -277,6 +277,7 @@ def test_a_warm_up_longer_than_half_the_run_is_cut_to_half_and_said_with_the_num
 
 
 # ------------------------------------------------------------------ the dashboards a user opens first
+@pytest.mark.slow
 def test_a_sweep_reads_at_a_glance_in_mlflow_tensorboard_hparams_and_its_plot(tmp_path, in_process, mlflow_store,
                                                                               monkeypatch):
     from matplotlib.figure import Figure
