@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from resexp import ranks
-from resexp.cli import FULL_ERROR, USER_FULL_ERROR, exit_with_error, full_error
+from resexp.cli import FULL_ERROR, USER_FULL_ERROR, exit_with_error, full_error, name_too_long
 from resexp.config import COMPOSITION_ERRORS, VERSION_BASE, conf_dir, config_error
 from resexp.errors import ConfigError, ResexpError
 from resexp.runs import is_multirun
@@ -52,6 +52,11 @@ def app(cfg: DictConfig) -> float:
         exit_with_error(e)
     except KeyboardInterrupt as e:  # before training began: nothing of the run was recorded
         exit_with_error(e, BEFORE_TRAINING, code=INTERRUPTED_EXIT)
+    except OSError as e:  # a 20,000-character data.root: one line, not Python's page
+        line = name_too_long(e)
+        if line is None:
+            raise
+        exit_with_error(e, line)
 
 
 def check_plugins(argv: list[str]) -> None:
@@ -121,6 +126,19 @@ def trusted_targets() -> AbstractContextManager:
     return execution_whitelist(["resexp.*", "hydra_plugins.resexp_sweeps.*"])
 
 
+# Hydra runs one of these modes; two of them stop with a traceback (`-m --cfg job`)
+MODES = {"-m": "--multirun", "--multirun": "--multirun", "-r": "--run", "--run": "--run", "-c": "--cfg",
+         "--cfg": "--cfg", "-i": "--info", "--info": "--info"}
+
+
+def check_modes(argv: list[str]) -> None:
+    modes = sorted({MODES[a.split("=", 1)[0]] for a in argv if a.split("=", 1)[0] in MODES})
+    if len(modes) > 1:
+        exit_with_error(ConfigError(
+            f"{' and '.join(modes)} cannot be combined: Hydra does one of --run, --multirun, --cfg and --info "
+            f"at a time (to see one sweep job's config: --cfg job with that job's values, without -m)"))
+
+
 def register_plugins() -> None:
     """resexp's own Hydra plugins (hydra_plugins/resexp_sweeps/), registered by Hydra's public call as
     well: an editable install hides a namespace package's modules from Hydra's scan of hydra_plugins."""
@@ -135,6 +153,7 @@ def register_plugins() -> None:
 
 def main() -> None:
     argv = sys.argv[1:]
+    check_modes(argv)
     check_plugins(argv)
     register_plugins()
     sys.argv += ddp_worker_overrides()

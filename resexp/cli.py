@@ -6,6 +6,7 @@ variable serves `python -m resexp` and the helper commands alike).
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -41,3 +42,23 @@ def run_command(main: Callable[[list[str]], int], errors: tuple[type[BaseExcepti
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code)
+
+
+def name_too_long(e: OSError, argv: list[str] | None = None) -> str | None:
+    """A path the file system refuses as too long (ENAMETOOLONG), as one line naming the override
+    that set it; None for any other error."""
+    if e.errno != errno.ENAMETOOLONG:
+        return None
+    name = str(e.filename or "")
+    key = next((a.split("=", 1)[0] for a in (sys.argv[1:] if argv is None else argv)
+                if "=" in a and name and (a.split("=", 1)[1] in name or name in a)), None)
+    shown = name if len(name) <= 80 else f"{name[:60]}...({len(name)} characters)"
+    return (f"{key + ': ' if key else ''}file name too long: {shown}; the file system takes at most "
+            f"{_limit('PC_NAME_MAX', 255)} bytes a folder or file name, {_limit('PC_PATH_MAX', 4096)} a path")
+
+
+def _limit(name: str, default: int) -> int:
+    try:
+        return os.pathconf("/", name)
+    except (OSError, ValueError, AttributeError):
+        return default

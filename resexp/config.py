@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 import hydra
-from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
@@ -234,6 +234,9 @@ def one_line(e: BaseException, prefix: str = "", owner: str | None = None, choic
         if isinstance(hint, type) and issubclass(hint, Choice):
             return f"{prefix}{cause.full_key}={cause.value} is not one of: {', '.join(hint._value2member_map_)}{origin}"
         return f"{prefix}{cause.full_key}: {str(cause.msg).splitlines()[0]}{origin}"
+    if isinstance(e, OverrideParseException):  # the lexer's message is 4 lines with a caret
+        return (f"cannot read the override {e.override!r}: quote a value that has characters other than ASCII "
+                f"letters, digits and _-+./:@ in it, e.g. '{e.override.split('=', 1)[0]}=\"...\"' in the shell")
     if isinstance(e, MissingConfigException) and e.options:
         first = re.sub(r"^In '[^']*': ", "", text.splitlines()[0])
         return f"{first}; choose one of: {', '.join(o for o in e.options if not o.endswith('_schema'))}"

@@ -63,10 +63,23 @@ def devices() -> list[str]:
 
 
 def command() -> str:
-    """The command line as typed: `python -m resexp ...` rather than the path of resexp/__main__.py."""
+    """The command line as typed: `python -m resexp ...` rather than the path of resexp/__main__.py.
+    A sweep job's: the command that runs that job alone (its own overrides, not the sweep's `-m a=1,2`)."""
     first = Path(sys.argv[0])
     head = ["python", "-m", "resexp"] if (first.name, first.parent.name) == ("__main__.py", "resexp") else [sys.argv[0]]
-    return shlex.join([*head, *sys.argv[1:]])
+    job = sweep_job_overrides()
+    return shlex.join([*head, *(sys.argv[1:] if job is None else job)])
+
+
+def sweep_job_overrides() -> list[str] | None:
+    """A sweep job's own overrides (its values of the swept keys among them), None outside a sweep."""
+    from resexp.runs import is_multirun
+
+    if not is_multirun():
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task)
 
 
 def collect(device: str, world_size: int) -> dict:

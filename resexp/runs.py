@@ -6,6 +6,7 @@ data, and the one writer of metrics.json.
       checkpoints/best.pt, checkpoints/last.pt
       metrics.json, data_split.json, tb/, error.log (a failed sweep job)
       run_info.json   what reproduces the run: versions, git commit, devices, command line, trackers' run ids
+      .resexp.lock    held (flock) by the one process that runs there: a second run started at the same moment stops
       wandb/          logger=wandb: the W&B run (offline: wandb sync <run dir>/wandb/offline-run-*)
       curves.png, confusion_matrix.png, predictions.png, model_summary.txt, best.safetensors, model.json
 """
@@ -148,6 +149,46 @@ def check_run_dir_free(root: Path, resume: str | None) -> None:
                           f"trainer.resume={root}, or choose a new directory ({_new_dir_option()})")
 
 
+CLAIM = ".resexp.lock"
+_claims: dict[Path, object] = {}  # run directories this process holds: resolved path -> its FileLock
+
+
+def claim_run_dir(root: Path, resume: str | None) -> bool:
+    """Take the run directory for this process, atomically: an OS file lock (flock, released when the
+    process ends, even by kill -9) held for the whole run, then the check that no earlier run used it.
+    Checking alone raced: two runs started at the same moment both passed it and wrote into one directory.
+    Returns False when this process holds it already (the Hydra callback took it before `run`)."""
+    from filelock import FileLock, Timeout
+
+    key = Path(root).resolve()
+    if key in _claims:
+        return False
+    check_run_dir_writable(root)
+    key.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(key / CLAIM, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunDirError(f"run directory {root} is in use by another run right now; wait for it to end, or "
+                          f"choose a new directory ({_new_dir_option()})") from None
+    except OSError as e:
+        raise RunDirError(f"cannot write into {root}: {e.strerror}; make it writable or choose another directory "
+                          f"({_new_dir_option()})") from None
+    try:
+        check_run_dir_free(root, resume)
+    except BaseException:
+        lock.release()
+        raise
+    _claims[key] = lock
+    return True
+
+
+def release_run_dir(root: Path) -> None:
+    lock = _claims.pop(Path(root).resolve(), None)
+    if lock is not None:
+        lock.release()
+
+
 def check_run_dir_writable(root: Path) -> None:
     """The run directory, and its checkpoints/ when a run continues there, accept files: a read-only
     one stops the run at start-up, not when the first checkpoint is due."""
@@ -161,19 +202,25 @@ def check_run_dir_writable(root: Path) -> None:
 
 
 class RunDirCallback(Callback):
-    """The same checks before Hydra writes its .hydra/ records and log file into the run directory:
-    they would replace an earlier run's, or fail with a page of traceback in a read-only directory
-    (the checks in `resexp.train.run` cover the Python API)."""
+    """The claim before Hydra writes its .hydra/ records and log file into the run directory: they
+    would replace an earlier run's (or a concurrent one's), or fail with a page of traceback in a
+    read-only directory (`resexp.train.run` claims it for the Python API)."""
 
     def on_run_start(self, config, **kwargs: Any) -> None:
-        from resexp.cli import exit_with_error
+        from resexp.cli import exit_with_error, name_too_long
 
-        root = Path(str(config.hydra.run.dir))
         try:
-            check_run_dir_free(root, OmegaConf.select(config, "trainer.resume"))
-            check_run_dir_writable(root)
+            claim_run_dir(Path(str(config.hydra.run.dir)), OmegaConf.select(config, "trainer.resume"))
         except RunDirError as e:
             exit_with_error(e)
+        except OSError as e:  # a 300-character hydra.run.dir
+            line = name_too_long(e, [f"hydra.run.dir={config.hydra.run.dir}"])
+            if line is None:
+                raise
+            exit_with_error(e, line)
+
+    def on_run_end(self, config, **kwargs: Any) -> None:
+        release_run_dir(Path(str(config.hydra.run.dir)))
 
 
 # metrics.json's layout; a record starts as this (a job that failed before training wrote one)

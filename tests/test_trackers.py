@@ -94,9 +94,10 @@ def wandb_run(records: list) -> dict:
     return out
 
 
-def test_a_run_and_its_resume_are_one_mlflow_run_and_one_wandb_run_id(tmp_path, empty_store):
+def test_a_run_and_its_resume_are_one_mlflow_run_and_one_wandb_run_id(tmp_path, empty_store, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     outputs = tmp_path / "outputs"
-    uri = store(empty_store, outputs)  # the default store's place: no tracking_uri below
+    uri = store(empty_store, outputs)  # the default store's place, ./outputs/: no tracking_uri below
     first = outputs / "2026-12-01" / "10-00-00-000000"
     args = [*TINY, "logger=[tensorboard,mlflow,wandb]"]
     run(compose([*args, "trainer.epochs=1", "trainer.report=true"]), run_dir=first)  # with the report's files

@@ -70,16 +70,19 @@ def test_run_writes_checkpoints_metrics_and_tensorboard(tmp_path):
     assert tags == {"train/loss", "train/acc", "train/lr", "train/throughput", "val/loss", "val/acc", "val/acc5"}
     assert len(events.Scalars("val/acc")) == 3
     assert "config" in str(events.Tags()["tensors"])
-    # HParams: the keys this run set away from the defaults and the few every comparison needs
+    # HParams (the run tb/hparams): the keys this run set away from the defaults and the few every
+    # comparison needs
     from tensorboard.plugins.hparams import metadata
 
+    row = EventAccumulator(str(tmp_path / "tb" / "hparams"))
+    row.Reload()
     start = metadata.parse_session_start_info_plugin_data(
-        events.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG])
+        row.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG])
     shown = set(start.hparams)
     assert {"data.name", "data.num_samples", "model.stages.depths", "optimizer.lr", "seed"} <= shown
     assert not shown & {"trainer.precision", "trainer.monitor", "optimizer.momentum"}  # defaults here
     assert start.hparams["data.name"].string_value == "synthetic"
-    assert metadata.EXPERIMENT_TAG not in events.PluginTagToContent(metadata.PLUGIN_NAME)
+    assert metadata.EXPERIMENT_TAG not in row.PluginTagToContent(metadata.PLUGIN_NAME)
     # best.pt's re-evaluation: one point at the best epoch, in the run tb/best (a marker on val/acc)
     marker = EventAccumulator(str(tmp_path / "tb" / "best"))
     marker.Reload()

@@ -6,12 +6,36 @@ writes as PNG and hands to TensorBoard (what SummaryWriter.add_figure does, with
 
 from __future__ import annotations
 
+import logging
+import re
+import warnings
+
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+log = logging.getLogger("resexp")
 WRONG, RIGHT = "#c62828", "#1b5e20"
+
+# Class names in other scripts: matplotlib falls back, glyph by glyph, along font.sans-serif, so the
+# installed fonts that have them go after its own default (DejaVu Sans, which has Latin, Greek and Cyrillic)
+FALLBACKS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR", "WenQuanYi Zen Hei",
+             "Droid Sans Fallback", "Noto Sans", "Noto Sans Arabic", "Noto Sans Hebrew", "Noto Sans Devanagari",
+             "Noto Sans Thai", "Arial Unicode MS")
+
+
+def _add_fallback_fonts() -> None:
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    families = list(matplotlib.rcParams["font.sans-serif"])
+    matplotlib.rcParams["font.sans-serif"] = families + [f for f in FALLBACKS if f in installed and f not in families]
+
+
+_add_fallback_fonts()
+_told_missing = False  # the missing glyphs are said once a process, not once a glyph
 
 
 def _short(name: str, n: int = 18) -> str:
@@ -132,14 +156,39 @@ def predictions(images: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor
 
 
 def render(fig: Figure, dpi: int = 100) -> np.ndarray:
-    """Draw the figure once: uint8 RGB [H, W, 3]."""
+    """Draw the figure once: uint8 RGB [H, W, 3]. Characters no installed font has (class names in a
+    script without a font here) show as boxes: said once, in one line, instead of matplotlib's
+    warning for every glyph."""
+    global _told_missing
     fig.set_dpi(dpi)
     canvas = FigureCanvasAgg(fig)
-    canvas.draw()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        canvas.draw()
+    missing = {}
+    for w in caught:
+        glyph = re.match(r"Glyph (\d+) .*missing from font", str(w.message))
+        if glyph:
+            missing.setdefault(chr(int(glyph[1])), None)
+        else:  # anything else is matplotlib's to say
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if missing and not _told_missing:
+        _told_missing = True
+        log.warning(f"class names have characters that no installed font has ({''.join(list(missing)[:8])}): they "
+                    "show as boxes in the figures; install a font that has them (e.g. Debian's fonts-noto-cjk for "
+                    "Chinese, Japanese and Korean) and clear matplotlib's font cache (rm -r ~/.cache/matplotlib)")
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def save_png(rgb: np.ndarray, path) -> None:
+def save_png(rgb: np.ndarray, path) -> bytes:
+    """Write the PNG; returns its bytes (TensorBoard takes the same encoded image: no second encoding)."""
+    import io
+
     from PIL import Image
 
-    Image.fromarray(rgb).save(path, format="PNG", compress_level=3)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=3)
+    data = buffer.getvalue()
+    with open(path, "wb") as f:
+        f.write(data)
+    return data

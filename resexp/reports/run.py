@@ -66,9 +66,12 @@ def write_run_report(trainer, final: dict, val: dict) -> dict:
 
     def save(fig, name: str, tag: str | None = None) -> None:
         rgb = figures.render(fig)
-        figures.save_png(rgb, paths.report_file(name))
-        if writer is not None and tag:  # as SummaryWriter.add_figure would, without drawing again
-            writer.add_image(tag, rgb, global_step=step, dataformats="HWC")
+        png = figures.save_png(rgb, paths.report_file(name))
+        if writer is not None and tag:  # as SummaryWriter.add_figure would, without drawing or encoding again
+            from torch.utils.tensorboard.summary import Summary
+
+            image = Summary.Image(height=rgb.shape[0], width=rgb.shape[1], colorspace=3, encoded_image_string=png)
+            writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
     _attempt("curves.png", lambda: save(figures.curves(trainer.state.history, final.get("epoch")), "curves.png"))
     _attempt("confusion_matrix.png", lambda: save(
@@ -80,6 +83,20 @@ def write_run_report(trainer, final: dict, val: dict) -> dict:
     _attempt("best.safetensors / model.json", _write_export, trainer, model, final)
     log.info(f"run report written to {paths.root} ({time.perf_counter() - t0:.1f}s)")
     return out
+
+
+def prefetch() -> None:
+    """Import what the report draws with (matplotlib: about half a second) in a background thread while
+    the run trains: the training loop spends its time in torch's kernels, which let go of the GIL."""
+    import threading
+
+    def load() -> None:
+        try:
+            from resexp.reports import export, figures, metrics, model_summary  # noqa: F401
+        except Exception:  # noqa: BLE001 - the report imports them again, and says what failed
+            pass
+
+    threading.Thread(target=load, name="resexp-report-imports", daemon=True).start()
 
 
 def _first_images(loader, n: int) -> torch.Tensor:

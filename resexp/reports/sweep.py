@@ -292,7 +292,7 @@ def plot_curves(jobs: list[Job], path: Path, key: str, ylabel: str, error: bool 
         if not points:
             continue
         xs, ys = zip(*points, strict=True)
-        ys = [1 - y for y in ys] if error else [100 * y for y in ys]
+        ys = [1 - y for y in ys] if error else list(ys)  # fractions, as metrics.json and the trackers have them
         line, = ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3,
                         linestyle="-" if j.status == "completed" else "--", label=_label(j, own))
         if j.status == "pruned":
@@ -337,7 +337,7 @@ def build_report(jobs: list[Job], out_dir: Path, root: Path | None = None) -> li
         writer.writerows(csv_rows(jobs, out_dir))
     gaps = degradation_gaps(jobs)
     plots = []
-    if plot_curves(jobs, out_dir / PLOT_NAME, "val_acc", "validation accuracy (%)"):
+    if plot_curves(jobs, out_dir / PLOT_NAME, "val_acc", "validation accuracy"):
         plots.append(PLOT_NAME)
     if gaps and plot_curves(jobs, out_dir / TRAIN_PLOT_NAME, "train_acc", "training error", error=True):
         plots.append(TRAIN_PLOT_NAME)

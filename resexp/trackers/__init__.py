@@ -30,7 +30,7 @@ class TrackedRun:
     """What a tracker is told about the run it records."""
 
     run_dir: Path
-    outputs: Path  # outputs/ above the run directory: where local stores live by default
+    outputs: Path  # outputs/ above the run directory: names are relative to it
     config: dict  # the run's config, plain
     info: dict  # run_info.json's facts (resexp/provenance.py)
     tags: dict[str, str]
@@ -39,7 +39,7 @@ class TrackedRun:
 
     @property
     def name(self) -> str:
-        return label(self.run_dir, self.outputs)
+        return run_name(self.run_dir, self.sweep, self.outputs)
 
     @property
     def group(self) -> str | None:
@@ -52,6 +52,38 @@ def label(path: Path, outputs: Path) -> str:
     `multirun/<date>/<time>/3`), or its own name elsewhere."""
     path = path.resolve()
     return str(path.relative_to(outputs.resolve())) if path.is_relative_to(outputs.resolve()) else path.name
+
+
+def run_name(run_dir: Path, sweep: Path | None, outputs: Path | None = None) -> str:
+    """A run's name in the trackers and TensorBoard's HParams: its directory below outputs/; a sweep
+    job's, what differs between the sweep's jobs first (`optimizer.lr=0.05 · multirun/<date>/<time>/3`),
+    read at a glance where a long name is cut."""
+    from resexp.runs import outputs_root
+
+    where = label(run_dir, outputs or outputs_root(run_dir))
+    if sweep is None:
+        return where
+    from resexp.provenance import sweep_job_overrides
+
+    differs = swept(sweep, sweep_job_overrides() or [])
+    return f"{' '.join(differs)} · {where}" if differs else where
+
+
+def swept(sweep_dir: Path, job: list[str]) -> list[str]:
+    """The job's overrides of the keys its sweep varies: those its command line sweeps (`a=1,2`,
+    `range(...)`, in the sweep directory's multirun.yaml) and those the command line does not name
+    (chosen by a sweeper, Optuna)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    try:
+        given = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task
+        parsed = {o.get_key_element(): o for o in OverridesParser.create().parse_overrides(list(given))}
+        mine = OverridesParser.create().parse_overrides(job)
+    except Exception:  # noqa: BLE001 - no record of the sweep (a hand-made run): no name of this kind
+        return []
+    return [o.input_line for o in mine
+            if o.get_key_element() not in parsed or parsed[o.get_key_element()].is_sweep_override()]
 
 
 class Tracker(ABC):
@@ -76,8 +108,9 @@ class Tracker(ABC):
         """best.pt's re-evaluated metrics (epoch, val_acc, val_loss, ...)."""
 
     @abstractmethod
-    def log_artifacts(self, files: list[Path], root: Path) -> None:
-        """Files of the run directory, kept under their paths relative to `root`."""
+    def log_artifacts(self, files: list[Path], root: Path) -> dict[str, str] | None:
+        """Files of the run directory, kept under their paths relative to `root`; returns those that
+        could not be stored ({relative path: why}), the others stored all the same."""
 
     @abstractmethod
     def finish(self, status: str, error: str | None = None) -> None:

@@ -42,9 +42,14 @@ class WandbTracker(Tracker):
     def log_best(self, metrics: dict[str, float]) -> None:
         self.run.summary.update({f"best/{k}": v for k, v in metrics.items()})
 
-    def log_artifacts(self, files: list[Path], root: Path) -> None:
+    def log_artifacts(self, files: list[Path], root: Path) -> dict[str, str]:
+        missing = {}
         for f in files:  # the run's files (offline: linked into the W&B run directory until the sync)
-            self.run.save(str(f), base_path=str(root), policy="now")
+            try:
+                self.run.save(str(f), base_path=str(root), policy="now")
+            except Exception as e:  # noqa: BLE001 - the others are still saved, and the run still ends
+                missing[f.relative_to(root).as_posix()] = error_line(e, limit=120)
+        return missing
 
     def finish(self, status: str, error: str | None = None) -> None:
         if error:

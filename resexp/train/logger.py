@@ -30,6 +30,7 @@ class RunLogger:
         self.writer = None
         self.trackers: list[Tracker] = list(trackers) if enabled else []
         self.started: list[Tracker] = []  # the trackers with an open run
+        self.last_validated: dict | None = None  # the latest epoch's row with validation scores
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -65,6 +66,8 @@ class RunLogger:
             "train/throughput": row["images_per_s"],
         }
         self.scalars(values, step=row["epoch"])
+        if row.get("val_acc") is not None:
+            self.last_validated = row
         self._each("log_epoch", {k: v for k, v in values.items() if v is not None}, row["epoch"])
         if not self.enabled:
             return
@@ -79,23 +82,39 @@ class RunLogger:
 
     def hparams(self, best: dict) -> None:
         """The HParams dashboard's row for this run: the keys that matter (resexp/train/hparams.py) as
-        its hyperparameters, and as its metrics the curves' scalars (their last values) and the
-        re-evaluated best.pt's, written as the run `best` at the best epoch: a marked point on the
-        val/acc curve rather than a chart of its own on the Scalars page."""
+        its hyperparameters, and as its metrics the validation scores of the last epoch and of the
+        re-evaluated best.pt. The row is a run of its own, tb/hparams/: TensorBoard takes every scalar
+        under a row's run as a metric, sorted by name, and ticks the first five, which under tb/ were
+        train/* (a final lr of 0 among them). Named by what differs in a sweep (`optimizer.lr=0.05 · ...`).
+        The best epoch is also marked on the val/acc curve (the run tb/best)."""
         if not self.writer:
             return
+        from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
+
+        from resexp.trackers import current_sweep, run_name
 
         paths = RunPaths(self.run_dir)
         overrides = OmegaConf.load(paths.overrides) if paths.overrides.is_file() else []
         shown = shown_hparams(OmegaConf.to_container(OmegaConf.load(paths.config)), to_plain(compose()), overrides)
-        # No experiment summary: TensorBoard then builds the table from every run's own start info,
-        # lists the keys that differ between the runs first, and takes each run's scalars as metrics.
-        # (SummaryWriter.add_hparams writes one per run, and TensorBoard shows the first run's columns.)
+        # No experiment summary: TensorBoard then builds the table from every run's own start info and
+        # lists the keys that differ between the runs first (SummaryWriter.add_hparams writes one per
+        # run, and TensorBoard shows the first run's columns).
         _, start, end = hparams(shown, {})
-        self.writer.file_writer.add_summary(start)
-        self.writer.file_writer.add_summary(end)
+        data = HParamsPluginData.FromString(start.value[0].metadata.plugin_data.content)
+        data.session_start_info.group_name = run_name(self.run_dir, current_sweep())  # the row's name
+        start.value[0].metadata.plugin_data.content = data.SerializeToString()
+        last = self.last_validated or {}
+        values = {"best/val_acc": best["val_acc"], "best/val_loss": best["val_loss"], "best/val_acc5": best["val_acc5"],
+                  "best/epoch": best["epoch"], "val/acc": last.get("val_acc"), "val/loss": last.get("val_loss"),
+                  "val/acc5": last.get("val_acc5")}
+        with SummaryWriter(log_dir=str(paths.tensorboard / "hparams")) as row:
+            row.file_writer.add_summary(start)
+            for tag, value in values.items():
+                if value is not None:
+                    row.add_scalar(tag, value, last.get("epoch", best["epoch"]))
+            row.file_writer.add_summary(end)
         with SummaryWriter(log_dir=str(paths.tensorboard / "best")) as marker:
             for name in ("loss", "acc", "acc5"):
                 marker.add_scalar(f"val/{name}", best[f"val_{name}"], best["epoch"])
@@ -115,23 +134,33 @@ class RunLogger:
         return ids
 
     def finish(self, status: str, error: str | None = None, best: dict | None = None) -> None:
-        """End the trackers' runs: completed ones with the best metrics and the run directory's files."""
+        """End the trackers' runs: completed ones with the best metrics and the run directory's files.
+        A tracker's run always ends, also when some of the files could not be stored (a full disk):
+        they are named, in a warning and in the tracker's run."""
         if best is not None:
-            self._each("log_best", {k: v for k, v in best.items() if isinstance(v, (int, float))})
-            self._each("log_artifacts", run_files(self.run_dir), self.run_dir)
+            self._each("log_best", {k: v for k, v in best.items() if isinstance(v, (int, float))}, keep=True)
+            for tracker, missing in self._each("log_artifacts", run_files(self.run_dir), self.run_dir, keep=True):
+                if missing:
+                    shown = "; ".join(f"{name} ({why})" for name, why in list(missing.items())[:5])
+                    log.warning(f"logger={tracker.name}: {len(missing)} of the run's files were not stored: {shown}"
+                                + (f"; and {len(missing) - 5} more" if len(missing) > 5 else ""))
         self._each("finish", status, error)
         self.started.clear()
 
-    def _each(self, method: str, *args) -> None:
-        """Call a method of every open tracker. A tracker that fails (its server is gone) is dropped with
-        a warning: losing the tracker's record must not cost the training run."""
+    def _each(self, method: str, *args, keep: bool = False) -> list[tuple[Tracker, object]]:
+        """Call a method of every open tracker; returns (tracker, result) of those that answered. A
+        tracker that fails (its server is gone) is dropped with a warning, unless `keep` (its run is
+        still to be ended): losing the tracker's record must not cost the training run."""
+        results = []
         for tracker in list(self.started):
             try:
-                getattr(tracker, method)(*args)
+                results.append((tracker, getattr(tracker, method)(*args)))
             except Exception as e:  # noqa: BLE001
-                log.warning(f"logger={tracker.name}: {method} failed ({type(e).__name__}: {e}); "
-                            f"it records nothing more for this run")
-                self.started.remove(tracker)
+                log.warning(f"logger={tracker.name}: {method} failed ({type(e).__name__}: {e})"
+                            + ("" if keep else "; it records nothing more for this run"))
+                if not keep:
+                    self.started.remove(tracker)
+        return results
 
     def close(self) -> None:
         if self.writer:

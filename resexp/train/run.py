@@ -16,12 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 from resexp import provenance
 from resexp.config import checked, to_plain
 from resexp.data import build_data
-from resexp.errors import error_line
+from resexp.errors import CheckpointError, ConfigError, error_line
 from resexp.models import build_model
 from resexp.models.pretrained import check_pretrained, existing_file, load_backbone, read_state_dict
 from resexp.models.summary import count_params
-from resexp.reports.run import write_run_report
-from resexp.runs import RunFacts, RunPaths, check_run_dir_free, check_run_dir_writable, outputs_root
+from resexp.reports.run import prefetch, write_run_report
+from resexp.runs import RunFacts, RunPaths, claim_run_dir, outputs_root, release_run_dir
 from resexp.trackers import TrackedRun, build_trackers, check_trackers, current_sweep
 from resexp.train import checkpoint
 from resexp.train.environment import Env, autocast, configure_determinism, seed_everything, setup, shared_run_dir
@@ -59,18 +59,21 @@ def run(cfg: DictConfig, run_dir: Path | None = None, on_validated=()) -> float:
     env = setup(cfg.trainer)
     check_choices(cfg, env.device)
     paths = RunPaths(shared_run_dir(run_dir, env))  # DDP: every rank works in rank 0's directory
-    if env.is_main:
-        check_run_dir_free(paths.root, cfg.trainer.resume)
-        check_run_dir_writable(paths.root)
-    seed_everything(cfg.seed)
-    configure_determinism(cfg.trainer.deterministic, env.device)
+    # rank 0 holds the directory until the run ends; a second run started at the same moment stops
+    claimed = env.is_main and claim_run_dir(paths.root, cfg.trainer.resume)
+    try:
+        seed_everything(cfg.seed)
+        configure_determinism(cfg.trainer.deterministic, env.device)
 
-    resume_path = resolve_resume(cfg, composed, paths, env)
-    run_cfg, data, model, facts = build(cfg, env, finetune=resume_path is None)
-    prepare_run_dir(paths, composed, data, facts, env, cfg.data.name)
-    trainer = Trainer(run_cfg, model, data, env, paths.root, facts)
-    trainer.on_validated.extend(on_validated)
-    return fit_and_report(trainer, run_cfg, resume_path)
+        resume_path = resolve_resume(cfg, composed, paths, env)
+        run_cfg, data, model, facts = build(cfg, env, finetune=resume_path is None)
+        prepare_run_dir(paths, composed, data, facts, env, cfg.data.name)
+        trainer = Trainer(run_cfg, model, data, env, paths.root, facts)
+        trainer.on_validated.extend(on_validated)
+        return fit_and_report(trainer, run_cfg, resume_path)
+    finally:
+        if claimed:
+            release_run_dir(paths.root)
 
 
 def resolve_resume(cfg: DictConfig, composed: dict, paths: RunPaths, env: Env) -> Path | None:
@@ -84,9 +87,33 @@ def resolve_resume(cfg: DictConfig, composed: dict, paths: RunPaths, env: Env) -
             log.info("trainer.resume=auto: no earlier run with this config has a last.pt; starting fresh")
     elif cfg.trainer.resume:
         resume_path = checkpoint.resolve(cfg.trainer.resume, outputs_root(paths.root))
+    if resume_path is not None:
+        check_something_to_train(resume_path, cfg.trainer.epochs, cfg.trainer.resume)
     if cfg.trainer.finetune_from and resume_path is None:  # before the data is read: fail fast
         existing_file(cfg.trainer.finetune_from, "trainer.finetune_from")
     return resume_path
+
+
+def check_something_to_train(last: Path, epochs: int, resume: str) -> None:
+    """A resume of a run that has trained trainer.epochs already would make a run directory with
+    nothing trained in it: stopped, saying how to train it longer."""
+    held = checkpoint.read(last, mmap=True)
+    done = int(held.get("epoch", 0)) if isinstance(held, dict) and not held.get("batch") else None
+    if done is not None and done >= epochs:
+        run_dir = last.parent.parent
+        raise CheckpointError(
+            f"trainer.resume={resume}: the run in {run_dir} has trained {done} epochs and trainer.epochs={epochs} "
+            f"leaves nothing to train; to train it longer, resume it with more epochs: "
+            f"trainer.epochs={done + max(epochs, 1)} trainer.resume={run_dir}")
+
+
+def check_num_classes(model_cfg: DictConfig, info, data_name: str) -> None:
+    """model.num_classes, when set, is the data's class count: fewer outputs stop at the first label
+    past them (a page of IndexError), checked here once the data says how many it has."""
+    n = model_cfg.get("num_classes")
+    if n is not None and n != info.num_classes:
+        raise ConfigError(f"model.num_classes={n}, but data {data_name} has {info.num_classes} classes; "
+                          f"leave it unset (model.num_classes=null) to take the data's count")
 
 
 def build(cfg: DictConfig, env: Env, finetune: bool) -> tuple[DictConfig, object, torch.nn.Module, RunFacts]:
@@ -94,6 +121,7 @@ def build(cfg: DictConfig, env: Env, finetune: bool) -> tuple[DictConfig, object
     count and channels the data set reports where cfg leaves them unset."""
     data = build_data(cfg.data, device=env.device, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
     info = data.info
+    check_num_classes(cfg.model, info, cfg.data.name)
     model = build_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels,
                         image_size=info.image_size)
     finetune_from = cfg.trainer.finetune_from if finetune else None  # a resumed run has its own weights
@@ -117,8 +145,6 @@ def prepare_run_dir(paths: RunPaths, composed: dict, data, facts: RunFacts, env:
         paths.config.write_text(OmegaConf.to_yaml(composed))
     if data.split is not None:
         paths.data_split.write_text(json.dumps(data.split, indent=1))
-    if data.skipped:
-        log.warning(f"{data.skipped} unreadable files were skipped (data.on_bad_file=skip)")
     log.info(f"model {facts.name}: {facts.params:,} parameters; data {data_name}: "
              f"{data.train.num_samples * env.world_size} train / {data.val.num_samples * env.world_size} val "
              f"images, {facts.num_classes} classes; device {env.device}; run dir {paths.root}")
@@ -154,6 +180,8 @@ def fit_and_report(trainer: Trainer, cfg: DictConfig, resume_path: Path | None) 
     stage = TRAINING
     try:
         start_tracking(logger, cfg, trainer, resume_path)
+        if cfg.trainer.report and env.is_main:
+            prefetch()
         with stop_at_once():  # outside fit's own handling (finish the step, save last.pt) a signal stops at once
             trainer.fit()
             stage = EVALUATION
