@@ -149,10 +149,16 @@ class ImageFolderConfig(DataConfig):
     on_bad_file: OnBadFile = OnBadFile.error
 
 
+@dataclass
+class ShardsConfig(DataConfig):
+    root: str | None = None  # a folder written by `python -m resexp.pack` (required)
+
+
 register_schema("data", DataConfig, "digits")
 register_schema("data", SyntheticDataConfig, "synthetic")
 register_schema("data", DownloadedDataConfig, "cifar10", "cifar100", "mnist", "fashion_mnist")
 register_schema("data", ImageFolderConfig, "image_folder", "birds")
+register_schema("data", ShardsConfig, "shards")
 
 
 # ---------------------------------------------------------------------------------------- optimizer

@@ -126,7 +126,7 @@ def test_digits_read_from_sklearns_file_equal_load_digits_and_fall_back_to_it(mo
 
     from sklearn.datasets import load_digits
 
-    from resexp.data import sets
+    from resexp.data import offline_sets as sets
 
     reference = load_digits()
     images, target = sets.load_digits_arrays()  # the shipped CSV, read directly
@@ -409,14 +409,14 @@ def test_preprocess_image_needs_no_data_files(tmp_path):
 
 
 def test_describe_is_cheap(folder, monkeypatch):
+    import resexp.data.folder_sets as sets
     import resexp.data.images as images
-    import resexp.data.sets as sets
 
     def boom(*a, **k):
         raise AssertionError("describe() must not decode images")
 
     monkeypatch.setattr(images, "open_image", boom)
-    monkeypatch.setattr(sets, "find_bad_images", boom)
+    monkeypatch.setattr(sets, "find_bad_images_cached", boom)
     (folder / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
     info = describe(folder_cfg(folder))
     assert info.num_classes == 3 and info.class_names == ["cat", "dog", "owl"] and info.mean[0] == 0.485
@@ -539,7 +539,7 @@ def test_mnist_count_and_label_checks_name_the_file(tmp_path, monkeypatch):
 
 def test_mnist_download_moves_in_only_the_missing_files(tmp_path, monkeypatch):
     """The user's own (here: repackaged) .gz stays as it is; the downloaded rest is moved in beside it."""
-    import resexp.data.sets as sets
+    import resexp.data.torchvision_sets as sets
 
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)

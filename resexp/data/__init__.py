@@ -5,7 +5,8 @@ val / test loaders. Two loading paths, chosen by data.loader (auto picks per set
 - memory (resexp/data/memory.py): the split as one uint8 tensor on the training device, batches
   augmented on that device with whole-batch tensor operations (digits, synthetic, CIFAR, MNIST; and
   image folders with data.loader=memory, decoded once at start-up);
-- stream (resexp/data/stream.py): a torch DataLoader decoding files in worker processes (image folders).
+- stream (resexp/data/stream.py): a torch DataLoader decoding files in worker processes (image folders,
+  and tar shards written by `python -m resexp.pack`: data=shards).
 Both give the same schedule: train order and augmentation are a pure function of (seed, epoch), train
 shards have equal sizes on every rank, eval shards cover every sample exactly once, and
 set_epoch(epoch, start_batch) resumes mid-epoch on exactly the batches an uninterrupted run would see.
@@ -19,16 +20,12 @@ from torch import Tensor
 
 from resexp.data.common import as_cfg, check_rank, is_missing, norm_stats, validate
 from resexp.data.memory import MemoryLoader
-from resexp.data.sets import (
-    TORCHVISION_SETS,
-    Birds,
-    Digits,
-    ImageFolder,
-    Synthetic,
-    decode_files,
-)
-from resexp.data.stream import FileDataset, StreamLoader, TensorDataset
-from resexp.data.types import ArraySource, DataBundle, DataInfo, FileSource, Loader
+from resexp.data.folder_sets import Birds, ImageFolder, decode_files
+from resexp.data.offline_sets import Digits, Synthetic
+from resexp.data.shard_sets import Shards
+from resexp.data.stream import FileDataset, ShardDataset, StreamLoader, TensorDataset
+from resexp.data.torchvision_sets import TORCHVISION_SETS
+from resexp.data.types import ArraySource, DataBundle, DataInfo, FileSource, Loader, ShardSource
 from resexp.errors import ConfigError
 from resexp.registry import Registry
 
@@ -41,6 +38,7 @@ for _tv in TORCHVISION_SETS:
     DATASETS.register(_tv.name)(_tv)
 DATASETS.register("image_folder")(ImageFolder())
 DATASETS.register("birds")(Birds())
+DATASETS.register("shards")(Shards())
 
 
 def _dataset(cfg):
@@ -70,7 +68,7 @@ def build_data(cfg, *, device: torch.device | str = "cpu", seed: int = 0, rank: 
     path = cfg.loader
     if path == "auto":
         path = "memory" if isinstance(source, ArraySource) else "stream"
-    if path == "memory" and isinstance(source, FileSource):
+    if path == "memory" and isinstance(source, (FileSource, ShardSource)):
         source = decode_files(source, cfg, device)
     eval_bs = int(cfg.eval_batch_size or 2 * cfg.batch_size)
     info = source.info
@@ -89,9 +87,11 @@ def build_data(cfg, *, device: torch.device | str = "cpu", seed: int = 0, rank: 
 
         def make(part, train):
             transform, draft = stream_transform(cfg, info.mean, info.std, train=train,
-                                                pil=isinstance(source, FileSource))
+                                                pil=isinstance(source, (FileSource, ShardSource)))
             if isinstance(source, FileSource):
                 ds = FileDataset(part, transform, info.in_channels, draft)
+            elif isinstance(source, ShardSource):
+                ds = ShardDataset(part, transform, info.in_channels, draft)
             else:
                 ds = TensorDataset(part[0], part[1], transform)
             return StreamLoader(ds, batch_size=cfg.batch_size if train else eval_bs, train=train,

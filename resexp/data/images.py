@@ -9,7 +9,8 @@ Rules (documented for users in conf/data/image_folder.yaml):
   folder that is a link to another class folder is an error naming both;
 - every image is decoded once at start-up (a thread pool; JPEGs at reduced scale) so that a corrupt,
   truncated or empty file is found before training: data.on_bad_file=error stops with its path,
-  data.on_bad_file=skip warns once and leaves it out;
+  data.on_bad_file=skip warns once and leaves it out; the result is cached per file (path, size,
+  mtime: resexp/data/scan_cache.py), so a later start re-checks only new and changed files;
 - any mode is converted to the set's channels: 16-bit grey is scaled to 8 bits, CMYK and palettes are
   converted, transparent pixels are composited onto white.
 """
@@ -53,13 +54,16 @@ class Seen:
         self.dirs: dict[tuple[int, int], str] = {}
         self.files: dict[tuple[int, int], Path] = {}
         self.duplicates: list[tuple[Path, Path]] = []  # (path skipped, the path counted)
+        self.stats: dict[Path, tuple[int, int]] = {}  # file -> (size, mtime_ns): the scan cache's key
 
 
-def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
+def _identity(path: str | os.PathLike, seen: Seen | None = None) -> tuple[int, int] | None:
     try:
         st = os.stat(path)  # follows links: the identity of what the path leads to
     except OSError:
         return None  # a dangling link: left in, so that the bad-file scan names it
+    if seen is not None:
+        seen.stats[Path(path)] = (st.st_size, st.st_mtime_ns)
     return st.st_dev, st.st_ino
 
 
@@ -100,7 +104,7 @@ def image_files(folder: Path, root: Path | None = None, seen: Seen | None = None
             if not (_visible(f) and is_image_name(Path(f))):
                 continue
             path = Path(dirpath, f)
-            key = _identity(path)
+            key = _identity(path, seen)
             if key is not None and key in seen.files:
                 seen.duplicates.append((path, seen.files[key]))
                 continue
@@ -150,13 +154,14 @@ def _check_distinct(root: Path, names: list[str]) -> None:
                 )
 
 
-def list_images(root: Path, set_name: str) -> tuple[list[str], list[tuple[str, int]]]:
-    """(class names, [(relative POSIX path, label)]) in a machine-independent order: sorted paths."""
+def list_images(root: Path, set_name: str, seen: Seen | None = None) -> tuple[list[str], list[tuple[str, int]]]:
+    """(class names, [(relative POSIX path, label)]) in a machine-independent order: sorted paths.
+    `seen.stats` gets every listed file's (size, mtime_ns) from the stat the listing makes anyway."""
     names = class_folders(root, set_name)
     _check_distinct(root, names)
     files: list[tuple[str, int]] = []
     empty = []
-    seen = Seen()
+    seen = seen if seen is not None else Seen()
     for label, name in enumerate(names):
         found = image_files(root / name, root=root, seen=seen)
         if not found:

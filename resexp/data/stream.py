@@ -8,6 +8,7 @@ batch size or the rank that sees it, and set_epoch(e, start_batch=k) reproduces 
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,6 +54,28 @@ class FileDataset(_Seeded):
                 "changed since: restore it, or delete it and restart"
             ) from None
         return self._apply(img, sample_seed), label
+
+
+class ShardDataset(_Seeded):
+    """Samples of a packed split (data=shards) -> (transformed image, label), keys as FileDataset's."""
+
+    def __init__(self, part, transform: Callable, channels: int, draft: tuple[int, int] | None = None):
+        self.reader, self.indices, self.labels = part.reader, part.indices, part.labels
+        self.transform, self.channels, self.draft = transform, channels, draft
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key: tuple[int, int | None]):
+        i, sample_seed = key
+        j = int(self.indices[i])
+        blob = self.reader.read(j)
+        try:
+            img = open_image(io.BytesIO(blob), self.channels, self.draft)
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"cannot decode sample {j} of {self.reader.split.shards[int(self.reader.split.shard[j])]} "
+                            f"({type(e).__name__}: {e}): the shard is damaged; restore it or pack again") from None
+        return self._apply(img, sample_seed), int(self.labels[i])
 
 
 class TensorDataset(_Seeded):
