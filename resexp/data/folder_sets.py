@@ -52,7 +52,8 @@ class ImageFolder:
         check_num_classes(cfg, len(names), f"data.root {root}", names)
         info = set_info(cfg, len(names), cfg.channels or self.native_channels, names)
         rel = [p for p, _ in files]
-        bad = find_bad_images_cached(root, rel, [seen.stats.get(root / p, (-1, -1)) for p in rel], info.in_channels)
+        base = str(root) + os.sep
+        bad = find_bad_images_cached(root, rel, [seen.stats.get(base + p, (-1, -1)) for p in rel], info.in_channels)
         report_bad(bad, root, cfg.on_bad_file)
         skipped = []
         if bad:
@@ -74,8 +75,8 @@ class ImageFolder:
         if unvalidated:
             log.warning(f"class(es) {', '.join(names[i] for i in unvalidated)} under data.root {root} have no "
                         f"validation image (data.val_split={cfg.val_split}): add images or raise data.val_split")
-        train = [(root / files[i][0], files[i][1]) for i in tr.tolist()]
-        val = [(root / files[i][0], files[i][1]) for i in va.tolist()]
+        train = [(base + files[i][0], files[i][1]) for i in tr.tolist()]  # str: cheap by the million
+        val = [(base + files[i][0], files[i][1]) for i in va.tolist()]
         split = {
             "seed": seed,
             "val_split": float(cfg.val_split),

@@ -69,7 +69,7 @@ def from_folder(dataset, cfg: DictConfig) -> Packable:
     seen = Seen()
     names, files = list_images(root, dataset.name, seen)
     rel = [p for p, _ in files]
-    stats = [seen.stats.get(root / p, (-1, -1)) for p in rel]
+    stats = [seen.stats.get(os.path.join(str(root), p), (-1, -1)) for p in rel]
     channels = cfg.channels or dataset.native_channels
     bad = find_bad_images_cached(root, rel, stats, channels)
     report_bad(bad, root, cfg.on_bad_file)
@@ -237,9 +237,13 @@ def pack(src: Packable, out: Path, shard_bytes: int, workers: int, source: dict)
                 records[(split, k)] = rec
         log.warning(f"resuming the pack in {out}: {len(records)} of {len(shards)} shard(s) already written")
     todo = [s for s in shards if (s[0], s[1]) not in records]
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for (split, k, _, _), rec in zip(todo, pool.map(lambda s: _write_shard(out, src, *s), todo), strict=True):
-            records[(split, k)] = rec
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
+        futures = [pool.submit(_write_shard, out, src, *s) for s in todo]
+        for (split, k, _, _), f in zip(todo, futures, strict=True):
+            records[(split, k)] = f.result()
+    finally:  # an error or Ctrl-C: the shards not started are dropped, not written while we wait
+        pool.shutdown(wait=True, cancel_futures=True)
     manifest = {"format": fmt.FORMAT, "version": fmt.VERSION, "class_names": src.class_names,
                 "channels": src.channels, "source": source, "train_with": src.describe, "skipped": src.skipped,
                 "splits": {}}

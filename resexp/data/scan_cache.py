@@ -87,11 +87,6 @@ def _save(path: Path, root: Path, channels: int, good: np.ndarray, bad: dict[int
                     "file again (set RESEXP_CACHE to a writable folder)")
 
 
-def _aligned(todo: list[int], found: list[tuple[Path, str]], root: Path, rel: Sequence[str]):
-    errors = {str(p): err for p, err in found}
-    return [(i, errors.get(str(root / rel[i]))) for i in todo] if errors else [(i, None) for i in todo]
-
-
 def find_bad_images_cached(root: Path, rel: Sequence[str], stats: Sequence[tuple[int, int]],
                            channels: int) -> list[tuple[Path, str]]:
     """find_bad_images for root/rel[i], decoding only the files that the cache has not seen with this
@@ -104,8 +99,10 @@ def find_bad_images_cached(root: Path, rel: Sequence[str], stats: Sequence[tuple
     unknown = np.flatnonzero(~known_good).tolist()
     errs: dict[int, str] = {i: bad_known[int(keys[i])] for i in unknown if int(keys[i]) in bad_known}
     todo = [i for i in unknown if i not in errs]
-    found = find_bad_images([root / rel[i] for i in todo], channels)
-    errs.update({i: err for i, err in _aligned(todo, found, root, rel) if err is not None})
+    base = str(root) + os.sep
+    paths = [base + rel[i] for i in todo]
+    found = {str(p): err for p, err in find_bad_images(paths, channels)}
+    errs.update({i: found[p] for i, p in zip(todo, paths, strict=True) if p in found})
     n = len(rel)
     # only settled files are remembered: one written within the last clock tick may change unseen
     mtimes = np.fromiter((s[1] for s in stats), dtype=np.int64, count=n)

@@ -86,8 +86,8 @@ class Shards:
         splits = [s for s in ("train", "val", "test") if s in m["splits"]]
         if "train" not in splits:
             raise DataError(f"{root / fmt.MANIFEST} has no train split: pack the data again")
-        _verified(root, m, splits)
         read = {s: fmt.ShardReader(fmt.load_split(root, m, s, info.num_classes)) for s in splits}
+        _verified(root, m, splits)  # after the cheap checks, which name what is wrong more precisely
         n_train = len(read["train"].split.labels)
         test = ShardPart(read["test"], np.arange(len(read["test"].split.labels))) if "test" in read else None
         split = {"seed": seed, "val_split": float(cfg.val_split), "root": str(root), "class_names": info.class_names}
