@@ -66,7 +66,8 @@ def main(argv: list[str]) -> int:
     source = {"data": str(cfg.name), "root": None if cfg.get("root") is None else str(cfg.root),
               "seed": int(args["seed"]) if cfg.name == "synthetic" else None}
     manifest = pack(packable, out, shard_bytes, workers, source)
-    splits = ", ".join(f"{k} {v['count']:,} samples in {len(v['shards'])} shard(s)" for k, v in manifest["splits"].items())
+    splits = ", ".join(f"{k} {v['count']:,} samples in {len(v['shards'])} shard(s)"
+                       for k, v in manifest["splits"].items())
     print(f"packed data={cfg.name} into {out}: {splits}" + (f"; {len(packable.skipped)} bad file(s) left out"
                                                             if packable.skipped else ""))
     t = packable.describe

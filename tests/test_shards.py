@@ -88,11 +88,12 @@ def test_shards_resume_mid_epoch_bit_exact_and_workers_agree(packed):
     full = batches(b.train, epoch=2)
     resumed = batches(b.train, epoch=2, start=4)
     assert len(resumed) == len(full) - 4
-    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(full[4:], resumed))
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2)
+               for (x1, y1), (x2, y2) in zip(full[4:], resumed, strict=True))
     assert not torch.equal(full[0][0], batches(b.train, epoch=3)[0][0])  # the order is f(seed, epoch)
     w = build_data({**cfg, "num_workers": 1}, seed=5)  # a worker process opens its own shard files
     again = batches(w.train, epoch=2)
-    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(full, again))
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(full, again, strict=True))
     w.train.close()
 
 
@@ -127,7 +128,8 @@ def test_pack_image_folder_bytes_as_they_are_and_bad_files_once(tmp_path, caplog
     sh = build_data(data_cfg("shards", root=str(out), image_size=24, batch_size=5, num_workers=0), seed=1)
     assert sh.skipped == 1
     for a, b in ((ref.train, sh.train), (ref.val, sh.val)):
-        assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(batches(a), batches(b)))
+        assert all(torch.equal(x1, x2) and torch.equal(y1, y2)
+                   for (x1, y1), (x2, y2) in zip(batches(a), batches(b), strict=True))
 
 
 def test_pack_cifar_code_path_equals_in_memory_test_split(tmp_path, monkeypatch):
@@ -281,3 +283,58 @@ def test_pack_command_line_errors_in_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "resexp.pack", f"out={tmp_path / 'y'}", f"src={tmp_path / 'nope'}"],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
+
+
+# ------------------------------------------------------------------------------ data.decode=device
+def _jpeg_folder(root: Path, size: int) -> Path:
+    rng = np.random.default_rng(0)
+    for c in ("a", "b", "c"):
+        (root / c).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 255, (size, size + 8, 3), dtype=np.uint8)).save(root / c / f"{i}.jpg",
+                                                                                           quality=90)
+    return root
+
+
+def _cfg(root, name="image_folder", **over):
+    return {"name": name, "root": str(root), "image_size": 32, "batch_size": 5, "num_workers": 0, "val_split": 0.2,
+            "mean": [0.5], "std": [0.25], "augment": {"crop_padding": 2, "flip": True}, **over}
+
+
+def test_device_decode_is_the_memory_pipeline(tmp_path):
+    """decode=device (here on the CPU): the in-memory path's batches, bit for bit, from a folder and from
+    shards, when the JPEGs need no resize; resized ones differ by rounding only (torch vs PIL resize)."""
+    folder = _jpeg_folder(tmp_path / "imgs", 32)
+    packed = tmp_path / "packed"
+    assert pack_main([f"src={folder}", f"out={packed}", "shard_size=8KB"]) == 0
+    ref = build_data(_cfg(folder, loader="memory"), seed=0)
+    for cfg in (_cfg(folder, decode="device"), _cfg(packed, "shards", decode="device")):
+        dev = build_data(cfg, seed=0)
+        for a, b in ((ref.train, dev.train), (ref.val, dev.val)):
+            assert all(torch.equal(x1, x2) and torch.equal(y1, y2)
+                       for (x1, y1), (x2, y2) in zip(batches(a, 1), batches(b, 1), strict=True))
+        resumed = batches(dev.train, 1, start=2)
+        assert all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(batches(ref.train, 1)[2:], resumed, strict=True))
+    big = _jpeg_folder(tmp_path / "big", 60)
+    ref = build_data(_cfg(big, loader="memory", augment={}), seed=0)
+    dev = build_data(_cfg(big, decode="device", augment={}), seed=0)
+    for (x1, _), (x2, _) in zip(batches(ref.val), batches(dev.val), strict=True):
+        diff = (x1 - x2).abs() * 0.25 * 255  # in 8-bit levels
+        assert diff.mean() < 1.0 and diff.max() <= 8
+
+
+def test_device_decode_only_where_there_is_something_to_decode(tmp_path):
+    folder = _jpeg_folder(tmp_path / "imgs", 32)
+    with pytest.raises(ConfigError, match="data.decode=device.*data.loader=memory") as e:
+        build_data(_cfg(folder, decode="device", loader="memory"), seed=0)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_decode_on_cuda_matches_cpu(tmp_path):
+    folder = _jpeg_folder(tmp_path / "imgs", 32)
+    cpu = build_data(_cfg(folder, decode="device"), seed=0, device="cpu")
+    gpu = build_data(_cfg(folder, decode="device"), seed=0, device="cuda")
+    for (x1, y1), (x2, y2) in zip(batches(cpu.train, 1), batches(gpu.train, 1), strict=True):
+        assert torch.equal(y1, y2.cpu()) and (x1 - x2.cpu()).abs().max() * 0.25 * 255 <= 2  # nvJPEG's IDCT

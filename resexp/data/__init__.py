@@ -19,8 +19,8 @@ from PIL import Image
 from torch import Tensor
 
 from resexp.data.common import as_cfg, check_rank, is_missing, norm_stats, validate
-from resexp.data.memory import MemoryLoader
 from resexp.data.folder_sets import Birds, ImageFolder, decode_files
+from resexp.data.memory import MemoryLoader
 from resexp.data.offline_sets import Digits, Synthetic
 from resexp.data.shard_sets import Shards
 from resexp.data.stream import FileDataset, ShardDataset, StreamLoader, TensorDataset
@@ -74,12 +74,26 @@ def build_data(cfg, *, device: torch.device | str = "cpu", seed: int = 0, rank: 
     info = source.info
     common = dict(seed=seed, rank=rank, world_size=world_size)
 
+    device_decode = cfg.get("decode", "cpu") == "device"
+    if device_decode and (path != "stream" or not isinstance(source, (FileSource, ShardSource))):
+        raise ConfigError(f"data.decode=device decodes image files and shards on the way to the device; data="
+                          f"{cfg.name} with data.loader={cfg.loader} has nothing to decode: drop data.decode=device")
     if path == "memory":
         def make(pair, train):
             x, y = pair
             return MemoryLoader(x.to(device), y.to(device), batch_size=cfg.batch_size if train else eval_bs,
                                 train=train, image_size=info.image_size, mean=info.mean, std=info.std,
                                 augment_cfg=cfg.augment, shuffle=cfg.shuffle if train else False, **common)
+    elif device_decode:
+        from resexp.data.device_decode import BytesDataset, DeviceDecodeLoader, collate
+
+        def make(part, train):
+            ds = BytesDataset(part)
+            stream = StreamLoader(ds, batch_size=cfg.batch_size if train else eval_bs, train=train,
+                                  shuffle=cfg.shuffle if train else False, num_workers=cfg.num_workers,
+                                  pin_memory=False, collate_fn=collate, **common)
+            return DeviceDecodeLoader(stream, device, info.in_channels, info.image_size, info.mean, info.std,
+                                      cfg.augment if train else None, seed, rank)
     else:
         from resexp.data.augment import stream_transform
 

@@ -108,7 +108,8 @@ def check_listing(root: Path, manifest: dict) -> None:
     stray = sorted(p.name for p in root.glob("*.tar") if p.name not in listed)
     if stray:
         raise DataError(
-            f"{root / stray[0]} is not in {root / MANIFEST}" + (f" (nor {len(stray) - 1} more)" if len(stray) > 1 else "")
+            f"{root / stray[0]} is not in {root / MANIFEST}"
+            + (f" (nor {len(stray) - 1} more)" if len(stray) > 1 else "")
             + ": its samples would be left out; pack the folder again, or move the shard(s) away"
         )
 
@@ -119,7 +120,7 @@ def load_split(root: Path, manifest: dict, split: str, num_classes: int) -> Spli
     if not entries:
         raise DataError(f"{root / MANIFEST} lists no shards for split {split}: pack the data again")
     paths, parts, n = [], [], 0
-    for k, e in enumerate(entries):
+    for e in entries:
         tar, idx = root / e["url"], root / e["index"]
         for p, what in ((tar, "shard"), (idx, "index")):
             if not p.is_file():

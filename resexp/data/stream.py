@@ -144,7 +144,8 @@ class StreamLoader:
     """A torch DataLoader with a seeded, sharded batch sampler; yields CPU tensors (pinned for CUDA)."""
 
     def __init__(self, dataset: Dataset, *, batch_size: int, train: bool, shuffle: bool = True, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, num_workers: int = 0, pin_memory: bool = False):
+                 rank: int = 0, world_size: int = 1, num_workers: int = 0, pin_memory: bool = False,
+                 collate_fn: Callable | None = None):
         self.sampler = ShardedBatchSampler(len(dataset), batch_size=batch_size, train=train, shuffle=shuffle,
                                            seed=seed, rank=rank, world_size=world_size)
         if train and self.sampler.num_samples < 1:
@@ -165,6 +166,7 @@ class StreamLoader:
             worker_init_fn=_worker_init(seed) if workers > 0 else None,
             prefetch_factor=4 if workers > 0 else None,
             generator=torch.Generator().manual_seed(mix_seed(seed, "loader")),
+            collate_fn=collate_fn,
         )
 
     def __len__(self) -> int:
