@@ -40,7 +40,7 @@ def main() -> None:
         n = len(list(packed.glob("*.tar")))
         print(f"pack: {t['seconds']:.1f} s (process included), {n} shards, {size:.1f} MiB")
         common = [f"model={a.model}", f"trainer.epochs={a.epochs}", f"seed={a.seed}", "data.batch_size=128"]
-        out = {}
+
         for name, data in (("memory", ["data=fashion_mnist"]),
                            ("shards", ["data=shards", f"data.root={packed}", "data.image_size=28", "data.mean=[0.5]",
                                        "data.std=[0.5]", "data.val_split=0.1", f"data.num_workers={a.workers}"])):
