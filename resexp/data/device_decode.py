@@ -5,12 +5,13 @@ seeded order. In the main process each batch is decoded on the training device (
 decode_jpeg when installed, else torchvision's: one batched nvJPEG call on CUDA; on a CPU-only
 machine the same code decodes on the CPU), brought to the eval geometry (shorter side resized to
 image_size, centre crop) on that device, and then augmented exactly as the in-memory path augments
-(memory.BatchAugment: crop/flip, random resized crop, TrivialAugment/RandAugment, erasing, normalise;
-random numbers from (seed, epoch, rank, batch)). So a batch equals the one data.loader=memory gives
-(which decodes once at start-up into that geometry), with two differences: JPEGs are decoded at full size (PIL decodes large ones at a reduced
-DCT scale, draft) and resized by torch's antialiased bilinear instead of PIL's; for images already at
-image_size neither applies. Files that are not JPEG are decoded by PIL on the CPU (same conversions
-as everywhere else), then moved to the device.
+(memory.BatchAugment: crop/flip, random resized crop, TrivialAugment/RandAugment, erasing,
+normalise; random numbers from (seed, epoch, rank, batch)). So a batch equals the one
+data.loader=memory gives (which decodes once at start-up into that geometry), with two differences:
+JPEGs are decoded at full size (PIL decodes large ones at a reduced DCT scale, draft) and resized by
+torch's antialiased bilinear instead of PIL's; for images already at image_size neither applies.
+Files that are not JPEG are decoded by PIL on the CPU (same conversions as everywhere else), then
+moved to the device.
 """
 
 from __future__ import annotations
