@@ -338,3 +338,15 @@ def test_device_decode_on_cuda_matches_cpu(tmp_path):
     gpu = build_data(_cfg(folder, decode="device"), seed=0, device="cuda")
     for (x1, y1), (x2, y2) in zip(batches(cpu.train, 1), batches(gpu.train, 1), strict=True):
         assert torch.equal(y1, y2.cpu()) and (x1 - x2.cpu()).abs().max() * 0.25 * 255 <= 2  # nvJPEG's IDCT
+
+
+def test_shards_read_by_webdataset(packed_once):
+    """The shards are WebDataset shards: its reader (sequential, no index) sees every sample and label."""
+    wds = pytest.importorskip("webdataset")
+    m = _manifest(packed_once)
+    urls = [str(packed_once / e["url"]) for e in m["splits"]["train"]["shards"]]
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil").to_tuple("__key__", "png", "cls"))
+    assert [k for k, _, _ in samples] == [f"{i:09d}" for i in range(120)]
+    labels = [int(c) for _, _, c in samples]
+    assert np.bincount(labels).tolist() == m["splits"]["train"]["class_counts"]
+    assert samples[0][1].size == (16, 16)
