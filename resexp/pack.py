@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
     print(f"packed data={cfg.name} into {out}: {splits}" + (f"; {len(packable.skipped)} bad file(s) left out"
                                                             if packable.skipped else ""))
     t = packable.describe
-    extra = f" data.image_size={t['image_size']}"
+    extra = f" data.image_size={t['image_size']}" + (" data.channels=1" if packable.channels == 1 else "")
     if t["mean"] is not None:
         extra += f" 'data.mean={t['mean']}' 'data.std={t['std']}'"
     else:

@@ -135,7 +135,9 @@ def preprocess_image(image: Image.Image, cfg) -> Tensor:
 
     cfg = as_cfg(cfg)
     validate(cfg)
-    channels = cfg.channels or _dataset(cfg).native_channels  # no file access: data.root may be elsewhere
+    ds = _dataset(cfg)
+    # no data files needed (data.root may be elsewhere); packed shards say theirs when they are there
+    channels = cfg.channels or (ds.channels_for(cfg) if hasattr(ds, "channels_for") else ds.native_channels)
     mean, std = norm_stats(cfg, channels)
     s = int(cfg.image_size)
     if getattr(image, "tile", None) and hasattr(image, "draft"):

@@ -73,6 +73,14 @@ class Shards:
             raise DataError(f"data.root {root} does not exist or is not a folder (data=shards)")
         return root, fmt.read_manifest(root)
 
+    def channels_for(self, cfg: DictConfig) -> int:
+        """The packed channels when the manifest can be read, else RGB (the packer's `train with` line
+        passes data.channels for grey sets, so a run's own config does not need the files)."""
+        try:
+            return int(fmt.read_manifest(self.root(cfg))["channels"])
+        except (ConfigError, DataError, KeyError, ValueError, OSError):
+            return self.native_channels
+
     def describe(self, cfg: DictConfig) -> DataInfo:
         root, m = self._manifest(cfg)
         names = list(m["class_names"])
