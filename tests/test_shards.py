@@ -350,3 +350,30 @@ def test_shards_read_by_webdataset(packed_once):
     labels = [int(c) for _, _, c in samples]
     assert np.bincount(labels).tolist() == m["splits"]["train"]["class_counts"]
     assert samples[0][1].size == (16, 16)
+
+
+@pytest.mark.slow
+def test_training_from_shards_resumes_mid_epoch_bit_exact(tmp_path, monkeypatch):
+    """A run over shards killed mid-epoch and resumed ends with the same last.pt as one never stopped."""
+    from test_resume import Killed, assert_equal, at_micro_batch, last
+
+    from resexp.config import compose
+    from resexp.train import run
+
+    packed = tmp_path / "packed"
+    assert pack_main(["data=synthetic", "data.num_samples=64", "data.image_size=8", "data.num_classes=4",
+                      f"out={packed}", "shard_size=8KB"]) == 0
+    job = ["data=shards", f"data.root={packed}", "data.image_size=8", "data.batch_size=4", "data.num_workers=0",
+           "data.augment.crop_padding=1", "data.augment.flip=true", "model.stages.depths=[1,1,1]",
+           "trainer.epochs=2", "trainer.checkpoint_every_n_steps=4", "trainer.progress=false", "trainer.report=false"]
+    run(compose(job), run_dir=tmp_path / "straight")
+    at_micro_batch(monkeypatch, 13 + 7, lambda trainer: (_ for _ in ()).throw(Killed()))  # epoch 2, batch 7
+    with pytest.raises(Killed):
+        run(compose(job), run_dir=tmp_path / "run")
+    saved = last(tmp_path / "run")
+    assert (saved["epoch"], saved["batch"]) == (1, 3)  # step 16's checkpoint, inside epoch 2 (0-based 1)
+    monkeypatch.undo()
+    run(compose([*job, "trainer.resume=auto"]), run_dir=tmp_path / "run")
+    a, b = last(tmp_path / "straight"), last(tmp_path / "run")
+    for entry in ("model", "optimizer", "epoch", "batch", "global_step"):
+        assert_equal(a[entry], b[entry], entry)
