@@ -31,9 +31,11 @@ def main() -> None:
     ap.add_argument("--model", default="lenet5")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--keep", type=Path, default=None, help="write the packed set and both runs here (kept)")
     a = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = a.keep or Path(scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
         packed = tmp / "fmnist"
         t = run(["resexp.pack", "data=fashion_mnist", f"out={packed}", "shard_size=16MB"], tmp)
         size = sum(p.stat().st_size for p in packed.glob("*.tar")) / 2**20
