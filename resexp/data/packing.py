@@ -205,10 +205,12 @@ def _prepare(out: Path, fingerprint: dict) -> bool:
             old = json.loads((state / "plan.json").read_text())
         except (OSError, ValueError):
             old = None
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(p.name != STATE for p in out.iterdir()):
         raise ConfigError(f"out={out} is not empty and holds no unfinished pack: choose an empty or new folder")
     if old == fingerprint:
         return True
+    if old is None and state.exists():  # stopped before its plan was written: nothing of it to keep
+        shutil.rmtree(state)
     if old is not None:  # another plan: remove what it wrote, nothing else
         log.warning(f"out={out} holds an unfinished pack of something else (or with other settings): starting over")
         for split, k, _, _ in old.get("shards", []):
