@@ -8,7 +8,8 @@
    eval geometry after decoding (resize shorter side + centre crop) on PIL images or uint8 tensors.
 2. Loaders: the same n JPEGs as an image folder and packed into shards (python -m resexp.pack),
    image_size 224, batch 32, eval (decode + resize + centre crop + normalise) and train (+ random
-   resized crop + flip), 0, 1 and 2 DataLoader workers, images/s after a warm-up epoch.
+   resized crop + flip), 0, 1 and 2 DataLoader workers, images/s after a warm-up epoch; PIL decoding
+   (data.decode=pil, the default) and decode_jpeg + tensor transforms (data.decode=torchvision).
 """
 
 from __future__ import annotations
@@ -107,17 +108,18 @@ def loaders(n: int, epochs: int) -> list[tuple[str, float]]:
         base = OmegaConf.load(ROOT / "conf" / "data" / "image_folder.yaml")
         base.pop("defaults")
         base = OmegaConf.merge(base, {"batch_size": 32, "val_split": 0.5})
-        for workers in (0, 1, 2):
+        cases = [(w, "pil") for w in (0, 1, 2)] + [(w, "torchvision") for w in (0, 2)]
+        for workers, decode in cases:
             for kind, root in (("folder", folder), ("shards", packed)):
                 cfg = OmegaConf.merge(base, {"name": "image_folder" if kind == "folder" else "shards",
-                                             "root": str(root), "num_workers": workers})
+                                             "root": str(root), "num_workers": workers, "decode": decode})
+                tag = f"{kind}, decode={decode}, {workers} workers"
                 b = build_data(cfg, seed=0)
-                rows.append((f"{kind} eval, {workers} workers", epochs_per_second(b.val, b.val.num_samples, epochs)))
+                rows.append((f"{tag}, eval", epochs_per_second(b.val, b.val.num_samples, epochs)))
                 b.val.close()
                 cfg = OmegaConf.merge(cfg, {"augment": {"random_resized_crop": True, "flip": True}})
                 b = build_data(cfg, seed=0)
-                rows.append((f"{kind} train, {workers} workers",
-                             epochs_per_second(b.train, b.train.num_samples, epochs)))
+                rows.append((f"{tag}, train", epochs_per_second(b.train, b.train.num_samples, epochs)))
                 b.train.close()
     return rows
 

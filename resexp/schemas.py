@@ -44,7 +44,9 @@ Monitor = choice("Monitor", "val_acc", "val_loss")
 StridePosition = choice("StridePosition", "first", "last")  # last: Keras v2, the stride on a stack's last unit
 Loader = choice("Loader", "auto", "memory", "stream")
 OnBadFile = choice("OnBadFile", "error", "skip")
-Decode = choice("Decode", "cpu", "device")  # image folders and shards: where JPEGs are decoded
+# image folders and shards: how JPEGs are decoded; pil: in workers with PIL (evaluation = preprocess_image bit for
+# bit), torchvision: in workers with decode_jpeg and tensor transforms, device: batched on the training device
+Decode = choice("Decode", "pil", "torchvision", "device")
 AugmentPolicy = choice("AugmentPolicy", "none", "trivialaugment", "randaugment")
 
 # group -> schema name -> dataclass; an option's YAML names its schema as `<schema name>_schema`
@@ -148,13 +150,13 @@ class DownloadedDataConfig(DataConfig):  # torchvision's sets: files under root,
 class ImageFolderConfig(DataConfig):
     root: str | None = None  # <root>/<class>/<image> (required)
     on_bad_file: OnBadFile = OnBadFile.error
-    decode: Decode = Decode.cpu  # device: batched JPEG decode + augmentation on the training device
+    decode: Decode = Decode.pil
 
 
 @dataclass
 class ShardsConfig(DataConfig):
     root: str | None = None  # a folder written by `python -m resexp.pack` (required)
-    decode: Decode = Decode.cpu  # device: batched JPEG decode + augmentation on the training device
+    decode: Decode = Decode.pil
 
 
 register_schema("data", DataConfig, "digits")

@@ -377,3 +377,21 @@ def test_training_from_shards_resumes_mid_epoch_bit_exact(tmp_path, monkeypatch)
     a, b = last(tmp_path / "straight"), last(tmp_path / "run")
     for entry in ("model", "optimizer", "epoch", "batch", "global_step"):
         assert_equal(a[entry], b[entry], entry)
+
+
+def test_torchvision_decode_follows_the_same_schedule(tmp_path):
+    """data.decode=torchvision (decode_jpeg + tensor transforms in the workers): the same samples in the
+    same order, pixels within rounding of the PIL path, and a bit-exact mid-epoch resume."""
+    folder = _jpeg_folder(tmp_path / "imgs", 40)
+    packed = tmp_path / "packed"
+    assert pack_main([f"src={folder}", f"out={packed}", "shard_size=8KB"]) == 0
+    pil = build_data(_cfg(folder, augment={}), seed=0)
+    for cfg in (_cfg(folder, decode="torchvision", augment={}), _cfg(packed, "shards", decode="torchvision",
+                                                                     augment={})):
+        tv = build_data(cfg, seed=0)
+        for (x1, y1), (x2, y2) in zip(batches(pil.val), batches(tv.val), strict=True):
+            assert torch.equal(y1, y2) and ((x1 - x2).abs() * 0.25 * 255).max() <= 2
+    tv = build_data(_cfg(packed, "shards", decode="torchvision", augment={"random_resized_crop": True,
+                                                                         "flip": True}), seed=0)
+    full, resumed = batches(tv.train, 1), batches(tv.train, 1, start=3)
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(full[3:], resumed, strict=True))

@@ -74,10 +74,11 @@ def build_data(cfg, *, device: torch.device | str = "cpu", seed: int = 0, rank: 
     info = source.info
     common = dict(seed=seed, rank=rank, world_size=world_size)
 
-    device_decode = cfg.get("decode", "cpu") == "device"
-    if device_decode and (path != "stream" or not isinstance(source, (FileSource, ShardSource))):
-        raise ConfigError(f"data.decode=device decodes image files and shards on the way to the device; data="
-                          f"{cfg.name} with data.loader={cfg.loader} has nothing to decode: drop data.decode=device")
+    decoder = str(cfg.get("decode", "pil"))
+    device_decode = decoder == "device"
+    if decoder != "pil" and (path != "stream" or not isinstance(source, (FileSource, ShardSource))):
+        raise ConfigError(f"data.decode={decoder} decodes image files and shards while training; data="
+                          f"{cfg.name} with data.loader={cfg.loader} has nothing to decode: drop data.decode={decoder}")
     if path == "memory":
         def make(pair, train):
             x, y = pair
@@ -100,12 +101,12 @@ def build_data(cfg, *, device: torch.device | str = "cpu", seed: int = 0, rank: 
         pin = device.type == "cuda" and torch.cuda.is_available()
 
         def make(part, train):
-            transform, draft = stream_transform(cfg, info.mean, info.std, train=train,
-                                                pil=isinstance(source, (FileSource, ShardSource)))
+            pil = isinstance(source, (FileSource, ShardSource)) and decoder == "pil"
+            transform, draft = stream_transform(cfg, info.mean, info.std, train=train, pil=pil)
             if isinstance(source, FileSource):
-                ds = FileDataset(part, transform, info.in_channels, draft)
+                ds = FileDataset(part, transform, info.in_channels, draft, tensors=not pil)
             elif isinstance(source, ShardSource):
-                ds = ShardDataset(part, transform, info.in_channels, draft)
+                ds = ShardDataset(part, transform, info.in_channels, draft, tensors=not pil)
             else:
                 ds = TensorDataset(part[0], part[1], transform)
             return StreamLoader(ds, batch_size=cfg.batch_size if train else eval_bs, train=train,

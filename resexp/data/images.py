@@ -257,6 +257,23 @@ def report_bad(bad: list[tuple[Path, str]], root: Path, policy: str) -> None:
     log.warning(f"skipping {len(bad)} unreadable image file(s) under {root} (data.on_bad_file=skip): {shown}")
 
 
+def decode_tensor(blob: bytes, channels: int) -> Tensor:
+    """Encoded bytes -> uint8 [C, H, W]: JPEGs by torchvision.io.decode_jpeg (about 2x PIL's decode +
+    conversion per core, benchmarks/RESULTS.md), anything else by PIL with open_image's conversions."""
+    if blob[:3] == b"\xff\xd8\xff":
+        import warnings
+
+        import torchvision.io as tio
+
+        with warnings.catch_warnings():  # deprecated since torchvision 0.29 in favour of TorchCodec
+            warnings.simplefilter("ignore", DeprecationWarning)
+            mode = tio.ImageReadMode.RGB if channels == 3 else tio.ImageReadMode.GRAY
+            return tio.decode_jpeg(torch.frombuffer(bytearray(blob), dtype=torch.uint8), mode=mode)
+    import io
+
+    return pil_to_uint8(open_image(io.BytesIO(blob), channels))
+
+
 def pil_to_uint8(img: Image.Image) -> Tensor:
     """PIL 'RGB' / 'L' -> uint8 [C, H, W]."""
     a = np.asarray(img, dtype=np.uint8)

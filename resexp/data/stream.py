@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from resexp.data.augment import seeded_call
 from resexp.data.common import check_rank, epoch_order, eval_count, mix_seed, train_count
-from resexp.data.images import open_image
+from resexp.data.images import decode_tensor, open_image
 from resexp.errors import DataError
 
 
@@ -37,8 +37,9 @@ class FileDataset(_Seeded):
     """(path, label) pairs -> (transformed image, label); keys are (index, sample seed or None)."""
 
     def __init__(self, items: list[tuple[Path, int]], transform: Callable, channels: int,
-                 draft: tuple[int, int] | None = None):
+                 draft: tuple[int, int] | None = None, tensors: bool = False):
         self.items, self.transform, self.channels, self.draft = items, transform, channels, draft
+        self.tensors = tensors  # data.decode=torchvision: uint8 tensors (decode_jpeg) for tensor transforms
 
     def __len__(self) -> int:
         return len(self.items)
@@ -47,7 +48,11 @@ class FileDataset(_Seeded):
         i, sample_seed = key
         path, label = self.items[i]
         try:
-            img = open_image(path, self.channels, self.draft)
+            if self.tensors:
+                with open(path, "rb") as f:
+                    img = decode_tensor(f.read(), self.channels)
+            else:
+                img = open_image(path, self.channels, self.draft)
         except Exception as e:  # noqa: BLE001
             raise DataError(
                 f"cannot read image {path} ({type(e).__name__}: {e}); it passed the start-up check, so it "
@@ -59,9 +64,10 @@ class FileDataset(_Seeded):
 class ShardDataset(_Seeded):
     """Samples of a packed split (data=shards) -> (transformed image, label), keys as FileDataset's."""
 
-    def __init__(self, part, transform: Callable, channels: int, draft: tuple[int, int] | None = None):
+    def __init__(self, part, transform: Callable, channels: int, draft: tuple[int, int] | None = None,
+                 tensors: bool = False):
         self.reader, self.indices, self.labels = part.reader, part.indices, part.labels
-        self.transform, self.channels, self.draft = transform, channels, draft
+        self.transform, self.channels, self.draft, self.tensors = transform, channels, draft, tensors
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -71,7 +77,8 @@ class ShardDataset(_Seeded):
         j = int(self.indices[i])
         blob = self.reader.read(j)
         try:
-            img = open_image(io.BytesIO(blob), self.channels, self.draft)
+            img = decode_tensor(blob, self.channels) if self.tensors else open_image(io.BytesIO(blob), self.channels,
+                                                                                      self.draft)
         except Exception as e:  # noqa: BLE001
             raise DataError(f"cannot decode sample {j} of {self.reader.split.shards[int(self.reader.split.shard[j])]} "
                             f"({type(e).__name__}: {e}): the shard is damaged; restore it or pack again") from None
