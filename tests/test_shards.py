@@ -395,3 +395,16 @@ def test_torchvision_decode_follows_the_same_schedule(tmp_path):
                                                                          "flip": True}), seed=0)
     full, resumed = batches(tv.train, 1), batches(tv.train, 1, start=3)
     assert all(torch.equal(a, b) for (a, _), (b, _) in zip(full[3:], resumed, strict=True))
+
+
+def test_preprocess_image_follows_data_decode(tmp_path):
+    from resexp.data import preprocess_image
+
+    folder = _jpeg_folder(tmp_path / "imgs", 40)
+    for decode in ("torchvision", "device"):
+        cfg = _cfg(folder, decode=decode, augment={}, val_split=0.5)
+        b = build_data(cfg, seed=0)
+        x, _ = next(iter(b.val))
+        with Image.open(folder / b.split["val"][0]) as im:  # the first eval image
+            one = preprocess_image(im, cfg)
+        assert torch.equal(one, x[0]) if decode == "torchvision" else torch.allclose(one, x[0], atol=1e-5)

@@ -128,7 +128,10 @@ def preprocess_image(image: Image.Image, cfg) -> Tensor:
     Needs no data files (only the config: channels, image_size, mean, std), so it works where data.root
     is absent. Pass the image straight from Image.open, not yet loaded: it is then decoded exactly as the
     streaming path decodes files (a JPEG much larger than image_size at a reduced DCT scale), and the
-    result matches the eval batches bit for bit; an image loaded beforehand differs only for such JPEGs."""
+    result matches the eval batches bit for bit; an image loaded beforehand differs only for such JPEGs.
+    With data.decode=torchvision or device a JPEG's bytes are decoded as those paths decode them
+    (decode_jpeg, tensor resize): bit for bit with torchvision's eval batches, to float rounding with
+    the device path's."""
     import torchvision.transforms.v2 as v2
 
     from resexp.data.augment import eval_uint8
@@ -141,10 +144,30 @@ def preprocess_image(image: Image.Image, cfg) -> Tensor:
     channels = cfg.channels or (ds.channels_for(cfg) if hasattr(ds, "channels_for") else ds.native_channels)
     mean, std = norm_stats(cfg, channels)
     s = int(cfg.image_size)
-    if getattr(image, "tile", None) and hasattr(image, "draft"):
-        image.draft("RGB" if channels == 3 else "L", (s, s))
-    x = eval_uint8(to_channels(image, channels), s)
+    blob = _jpeg_bytes(image) if str(cfg.get("decode", "pil")) != "pil" else None
+    if blob is not None:
+        from resexp.data.images import decode_tensor
+
+        x = v2.functional.center_crop(v2.functional.resize(decode_tensor(blob, channels), s, antialias=True), s)
+    else:
+        if getattr(image, "tile", None) and hasattr(image, "draft"):
+            image.draft("RGB" if channels == 3 else "L", (s, s))
+        x = eval_uint8(to_channels(image, channels), s)
     x = v2.functional.to_dtype(x, torch.float32, scale=True)
     if mean is not None:
         x = v2.functional.normalize(x, list(mean), list(std))
     return x
+
+
+def _jpeg_bytes(image: Image.Image) -> bytes | None:
+    """The encoded bytes of a JPEG still open from its file (or file object), else None."""
+    if image.format != "JPEG":
+        return None
+    if getattr(image, "filename", None):
+        with open(image.filename, "rb") as f:
+            return f.read()
+    fp = getattr(image, "fp", None)
+    if fp is None:
+        return None
+    fp.seek(0)
+    return fp.read()
