@@ -150,13 +150,13 @@ class DownloadedDataConfig(DataConfig):  # torchvision's sets: files under root,
 class ImageFolderConfig(DataConfig):
     root: str | None = None  # <root>/<class>/<image> (required)
     on_bad_file: OnBadFile = OnBadFile.error
-    decode: Decode = Decode.pil
+    decode: Decode = Decode.torchvision
 
 
 @dataclass
 class ShardsConfig(DataConfig):
     root: str | None = None  # a folder written by `python -m resexp.pack` (required)
-    decode: Decode = Decode.pil
+    decode: Decode = Decode.torchvision
 
 
 register_schema("data", DataConfig, "digits")

@@ -380,12 +380,13 @@ def test_training_from_shards_resumes_mid_epoch_bit_exact(tmp_path, monkeypatch)
 
 
 def test_torchvision_decode_follows_the_same_schedule(tmp_path):
-    """data.decode=torchvision (decode_jpeg + tensor transforms in the workers): the same samples in the
-    same order, pixels within rounding of the PIL path, and a bit-exact mid-epoch resume."""
+    """data.decode=torchvision (the default: decode_jpeg + tensor transforms in the workers) against
+    data.decode=pil: the same samples in the same order, pixels within rounding, and a bit-exact
+    mid-epoch resume."""
     folder = _jpeg_folder(tmp_path / "imgs", 40)
     packed = tmp_path / "packed"
     assert pack_main([f"src={folder}", f"out={packed}", "shard_size=8KB"]) == 0
-    pil = build_data(_cfg(folder, augment={}), seed=0)
+    pil = build_data(_cfg(folder, decode="pil", augment={}), seed=0)
     for cfg in (_cfg(folder, decode="torchvision", augment={}), _cfg(packed, "shards", decode="torchvision",
                                                                      augment={})):
         tv = build_data(cfg, seed=0)

@@ -76,9 +76,10 @@ def build_data(cfg, *, device: torch.device | str = "cpu", seed: int = 0, rank: 
 
     decoder = str(cfg.get("decode", "pil"))
     device_decode = decoder == "device"
-    if decoder != "pil" and (path != "stream" or not isinstance(source, (FileSource, ShardSource))):
-        raise ConfigError(f"data.decode={decoder} decodes image files and shards while training; data="
-                          f"{cfg.name} with data.loader={cfg.loader} has nothing to decode: drop data.decode={decoder}")
+    # (pil / torchvision: how the streaming path decodes; data.loader=memory decodes once, with PIL)
+    if device_decode and (path != "stream" or not isinstance(source, (FileSource, ShardSource))):
+        raise ConfigError(f"data.decode=device decodes image files and shards while training; data={cfg.name} "
+                          f"with data.loader={cfg.loader} has nothing to decode: pass data.decode=torchvision or pil")
     if path == "memory":
         def make(pair, train):
             x, y = pair
@@ -144,11 +145,13 @@ def preprocess_image(image: Image.Image, cfg) -> Tensor:
     channels = cfg.channels or (ds.channels_for(cfg) if hasattr(ds, "channels_for") else ds.native_channels)
     mean, std = norm_stats(cfg, channels)
     s = int(cfg.image_size)
-    blob = _jpeg_bytes(image) if str(cfg.get("decode", "pil")) != "pil" else None
-    if blob is not None:
-        from resexp.data.images import decode_tensor
+    if str(cfg.get("decode", "pil")) != "pil":  # as the torchvision and device paths decode
+        from resexp.data.augment import eval_tensor
+        from resexp.data.images import decode_tensor, pil_to_uint8
 
-        x = v2.functional.center_crop(v2.functional.resize(decode_tensor(blob, channels), s, antialias=True), s)
+        blob = _jpeg_bytes(image)
+        u8 = decode_tensor(blob, channels) if blob is not None else pil_to_uint8(to_channels(image, channels))
+        x = eval_tensor(u8, s)
     else:
         if getattr(image, "tile", None) and hasattr(image, "draft"):
             image.draft("RGB" if channels == 3 else "L", (s, s))

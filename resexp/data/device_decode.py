@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from resexp.data.augment import eval_tensor
 from resexp.data.images import open_image, pil_to_uint8
 from resexp.data.memory import BatchAugment
 from resexp.data.stream import StreamLoader
@@ -85,8 +86,6 @@ def jpeg_decoder() -> tuple[str, Callable]:
 
 def decode_batch(blobs: list[Tensor], device: torch.device, channels: int, size: int) -> Tensor:
     """Encoded images -> uint8 [B, C, size, size] on `device` (eval geometry per image)."""
-    import torchvision.transforms.v2.functional as TF
-
     mode = "RGB" if channels == 3 else "GRAY"
     out: list[Tensor | None] = [None] * len(blobs)
     jpeg = [i for i, b in enumerate(blobs) if bytes(b[:3].tolist()) == JPEG_MAGIC]
@@ -102,7 +101,7 @@ def decode_batch(blobs: list[Tensor], device: torch.device, channels: int, size:
         if out[i] is None:
             img = open_image(io.BytesIO(blobs[i].numpy().tobytes()), channels)
             out[i] = pil_to_uint8(img).to(device, non_blocking=True)
-    return torch.stack([TF.center_crop(TF.resize(x, size, antialias=True), size) for x in out])
+    return torch.stack([eval_tensor(x, size) for x in out])
 
 
 class DeviceDecodeLoader:

@@ -99,7 +99,8 @@ class Birds(ImageFolder):
 def decode_files(source: FileSource | ShardSource, cfg: DictConfig, device: torch.device) -> ArraySource:
     """An image folder (or packed shards) decoded once (eval geometry: resize + centre crop) into uint8
     tensors."""
-    from resexp.data.augment import eval_uint8
+    from resexp.data.augment import eval_tensor, eval_uint8
+    from resexp.data.images import decode_tensor
 
     c, s = source.info.in_channels, source.info.image_size
     n = len(source.train) + len(source.val) + (len(source.test) if source.test not in (None, source.val) else 0)
@@ -112,8 +113,12 @@ def decode_files(source: FileSource | ShardSource, cfg: DictConfig, device: torc
         )
 
     shards = isinstance(source, ShardSource)
+    tensors = str(cfg.get("decode", "pil")) != "pil"  # decode as the streaming path would (torchvision)
 
     def one(item):
+        if tensors:
+            blob = item[0].reader.read(int(item[1])) if shards else Path(item[0]).read_bytes()
+            return eval_tensor(decode_tensor(blob, c), s)
         where = io.BytesIO(item[0].reader.read(int(item[1]))) if shards else item[0]
         return eval_uint8(open_image(where, c, (s, s)), s)
 
