@@ -50,6 +50,9 @@ Monitor = choice("Monitor", "val_acc", "val_loss")
 StridePosition = choice("StridePosition", "first", "last")  # last: Keras v2, the stride on a stack's last unit
 Loader = choice("Loader", "auto", "memory", "stream")
 OnBadFile = choice("OnBadFile", "error", "skip")
+# image folders and shards: how JPEGs are decoded; pil: in workers with PIL (evaluation = preprocess_image bit for
+# bit), torchvision: in workers with decode_jpeg and tensor transforms, device: batched on the training device
+Decode = choice("Decode", "pil", "torchvision", "device")
 AugmentPolicy = choice("AugmentPolicy", "none", "trivialaugment", "randaugment")
 
 # group -> schema name -> dataclass; an option's YAML names its schema as `<schema name>_schema`
@@ -255,12 +258,20 @@ class DownloadedDataConfig(DataConfig):  # torchvision's sets: files under root,
 class ImageFolderConfig(DataConfig):
     root: str | None = None  # <root>/<class>/<image> (required)
     on_bad_file: OnBadFile = OnBadFile.error
+    decode: Decode = Decode.torchvision
+
+
+@dataclass
+class ShardsConfig(DataConfig):
+    root: str | None = None  # a folder written by `python -m resexp.pack` (required)
+    decode: Decode = Decode.torchvision
 
 
 register_schema("data", DataConfig, "digits")
 register_schema("data", SyntheticDataConfig, "synthetic")
 register_schema("data", DownloadedDataConfig, "cifar10", "cifar100", "mnist", "fashion_mnist")
 register_schema("data", ImageFolderConfig, "image_folder", "birds")
+register_schema("data", ShardsConfig, "shards")
 
 
 # ---------------------------------------------------------------------------------------- optimizer

@@ -14,9 +14,13 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# resexp's caches (the image folders' bad-file check, shard hashes) go to a folder of this test process,
+# not to the user's ~/.cache
+os.environ["RESEXP_CACHE"] = tempfile.mkdtemp(prefix="resexp-test-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import pickle
 import socket
 import struct
@@ -126,7 +127,7 @@ def test_digits_read_from_sklearns_file_equal_load_digits_and_fall_back_to_it(mo
 
     from sklearn.datasets import load_digits
 
-    from resexp.data import sets
+    from resexp.data import offline_sets as sets
 
     reference = load_digits()
     images, target = sets.load_digits_arrays()  # the shipped CSV, read directly
@@ -409,14 +410,14 @@ def test_preprocess_image_needs_no_data_files(tmp_path):
 
 
 def test_describe_is_cheap(folder, monkeypatch):
+    import resexp.data.folder_sets as sets
     import resexp.data.images as images
-    import resexp.data.sets as sets
 
     def boom(*a, **k):
         raise AssertionError("describe() must not decode images")
 
     monkeypatch.setattr(images, "open_image", boom)
-    monkeypatch.setattr(sets, "find_bad_images", boom)
+    monkeypatch.setattr(sets, "find_bad_images_cached", boom)
     (folder / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
     info = describe(folder_cfg(folder))
     assert info.num_classes == 3 and info.class_names == ["cat", "dog", "owl"] and info.mean[0] == 0.485
@@ -539,7 +540,7 @@ def test_mnist_count_and_label_checks_name_the_file(tmp_path, monkeypatch):
 
 def test_mnist_download_moves_in_only_the_missing_files(tmp_path, monkeypatch):
     """The user's own (here: repackaged) .gz stays as it is; the downloaded rest is moved in beside it."""
-    import resexp.data.sets as sets
+    import resexp.data.torchvision_sets as sets
 
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -695,3 +696,78 @@ def test_image_folder_on_cuda_pinned_stream_and_device_memory(folder):
                         device="cuda")
     xm, ym = next(iter(memory.train))
     assert xm.is_cuda and ym.is_cuda and xm.shape == x.shape
+
+
+# ------------------------------------------------------------------------------ bad-file check cache
+def _settle(folder: Path) -> None:
+    """Files written an hour ago: the cache leaves out files written within its clock tick."""
+    old = time.time() - 3600
+    for p in folder.rglob("*.jpg"):
+        os.utime(p, (old, old))
+
+
+def _count_decodes(monkeypatch) -> list:
+    import resexp.data.images as images
+
+    seen = []
+    real = images._check
+
+    def counting(path, channels):
+        seen.append(Path(path).name)
+        return real(path, channels)
+
+    monkeypatch.setattr(images, "_check", counting)
+    return seen
+
+
+def test_bad_file_check_is_cached_and_a_changed_file_checked_again(folder, monkeypatch):
+    _settle(folder)
+    decoded = _count_decodes(monkeypatch)
+    build_data(folder_cfg(folder))
+    assert len(decoded) == 24
+    decoded.clear()
+    build_data(folder_cfg(folder), seed=1)  # a second run, a resume, a sweep job: nothing decoded again
+    assert decoded == []
+    changed = folder / "cat" / "img_03.jpg"
+    changed.write_bytes(_jpeg_bytes(seed=7))  # a new mtime (and size): checked again
+    (folder / "dog" / "new.jpg").write_bytes(_jpeg_bytes(seed=8))
+    build_data(folder_cfg(folder))
+    assert sorted(decoded) == ["img_03.jpg", "new.jpg"]
+    decoded.clear()
+    build_data(folder_cfg(folder))
+    assert sorted(decoded) == ["img_03.jpg", "new.jpg"]  # written just now: not trusted to the cache yet
+    victim = folder / "owl" / "img_05.jpg"
+    victim.write_bytes(victim.read_bytes()[:300])  # damaged after it was cached
+    with pytest.raises(DataError, match="img_05.jpg") as e:
+        build_data(folder_cfg(folder))
+    assert "\n" not in str(e.value)
+
+
+def test_damage_that_keeps_size_and_mtime_is_caught_when_read(folder):
+    _settle(folder)
+    build_data(folder_cfg(folder))
+    b = build_data(folder_cfg(folder))
+    victim = folder / b.split["train"][0]
+    st = victim.stat()
+    victim.write_bytes(b"\xff\xd8" + b"\x00" * (st.st_size - 2))  # same size...
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))  # ...and mtime: the cache cannot tell
+    b = build_data(folder_cfg(folder))
+    with pytest.raises(DataError) as e:
+        batches(b.train)
+    assert str(victim) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_file_cache_lives_in_the_user_cache_folder_and_survives_damage(folder, tmp_path, monkeypatch, caplog):
+    from resexp.data import scan_cache
+
+    monkeypatch.setenv("RESEXP_CACHE", str(tmp_path / "cache"))
+    _settle(folder)
+    build_data(folder_cfg(folder))
+    path = scan_cache.cache_file(folder, 3)
+    assert path.is_file() and path.is_relative_to(tmp_path / "cache")
+    assert not any(p.suffix == ".npz" for p in folder.rglob("*"))  # nothing written next to the data
+    path.write_bytes(b"garbage")
+    decoded = _count_decodes(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="resexp.data"):
+        build_data(folder_cfg(folder))
+    assert len(decoded) == 24 and "ignoring the unreadable bad-file cache" in caplog.text

@@ -5,7 +5,8 @@ val / test loaders. Two loading paths, chosen by data.loader (auto picks per set
 - memory (resexp/data/memory.py): the split as one uint8 tensor on the training device, batches
   augmented on that device with whole-batch tensor operations (digits, synthetic, CIFAR, MNIST; and
   image folders with data.loader=memory, decoded once at start-up);
-- stream (resexp/data/stream.py): a torch DataLoader decoding files in worker processes (image folders).
+- stream (resexp/data/stream.py): a torch DataLoader decoding files in worker processes (image folders,
+  and tar shards written by `python -m resexp.pack`: data=shards).
 Both give the same schedule: train order and augmentation are a pure function of (seed, epoch), train
 shards have equal sizes on every rank, eval shards cover every sample exactly once, and
 set_epoch(epoch, start_batch) resumes mid-epoch on exactly the batches an uninterrupted run would see.
@@ -18,17 +19,13 @@ from PIL import Image
 from torch import Tensor
 
 from resexp.data.common import as_cfg, check_rank, is_missing, norm_stats
+from resexp.data.folder_sets import Birds, ImageFolder, decode_files
 from resexp.data.memory import MemoryLoader
-from resexp.data.sets import (
-    TORCHVISION_SETS,
-    Birds,
-    Digits,
-    ImageFolder,
-    Synthetic,
-    decode_files,
-)
-from resexp.data.stream import FileDataset, StreamLoader, TensorDataset
-from resexp.data.types import ArraySource, DataBundle, DataInfo, FileSource, Loader
+from resexp.data.offline_sets import Digits, Synthetic
+from resexp.data.shard_sets import Shards
+from resexp.data.stream import FileDataset, ShardDataset, StreamLoader, TensorDataset
+from resexp.data.torchvision_sets import TORCHVISION_SETS
+from resexp.data.types import ArraySource, DataBundle, DataInfo, FileSource, Loader, ShardSource
 from resexp.errors import ConfigError
 from resexp.registry import Registry
 
@@ -41,6 +38,7 @@ for _tv in TORCHVISION_SETS:
     DATASETS.register(_tv.name)(_tv)
 DATASETS.register("image_folder")(ImageFolder())
 DATASETS.register("birds")(Birds())
+DATASETS.register("shards")(Shards())
 
 
 def _dataset(cfg):
@@ -68,28 +66,46 @@ def build_data(cfg, *, device: torch.device | str = "cpu", seed: int = 0, rank: 
     path = cfg.loader
     if path == "auto":
         path = "memory" if isinstance(source, ArraySource) else "stream"
-    if path == "memory" and isinstance(source, FileSource):
+    if path == "memory" and isinstance(source, (FileSource, ShardSource)):
         source = decode_files(source, cfg, device)
     eval_bs = int(cfg.eval_batch_size or 2 * cfg.batch_size)
     info = source.info
     common = dict(seed=seed, rank=rank, world_size=world_size)
 
+    decoder = str(cfg.get("decode", "pil"))
+    device_decode = decoder == "device"
+    # (pil / torchvision: how the streaming path decodes; data.loader=memory decodes once, with PIL)
+    if device_decode and (path != "stream" or not isinstance(source, (FileSource, ShardSource))):
+        raise ConfigError(f"data.decode=device decodes image files and shards while training; data={cfg.name} "
+                          f"with data.loader={cfg.loader} has nothing to decode: pass data.decode=torchvision or pil")
     if path == "memory":
         def make(pair, train):
             x, y = pair
             return MemoryLoader(x.to(device), y.to(device), batch_size=cfg.batch_size if train else eval_bs,
                                 train=train, image_size=info.image_size, mean=info.mean, std=info.std,
                                 augment_cfg=cfg.augment, shuffle=cfg.shuffle if train else False, **common)
+    elif device_decode:
+        from resexp.data.device_decode import BytesDataset, DeviceDecodeLoader, collate
+
+        def make(part, train):
+            ds = BytesDataset(part)
+            stream = StreamLoader(ds, batch_size=cfg.batch_size if train else eval_bs, train=train,
+                                  shuffle=cfg.shuffle if train else False, num_workers=cfg.num_workers,
+                                  pin_memory=False, collate_fn=collate, **common)
+            return DeviceDecodeLoader(stream, device, info.in_channels, info.image_size, info.mean, info.std,
+                                      cfg.augment if train else None, seed, rank)
     else:
         from resexp.data.augment import stream_transform
 
         pin = device.type == "cuda" and torch.cuda.is_available()
 
         def make(part, train):
-            transform, draft = stream_transform(cfg, info.mean, info.std, train=train,
-                                                pil=isinstance(source, FileSource))
+            pil = isinstance(source, (FileSource, ShardSource)) and decoder == "pil"
+            transform, draft = stream_transform(cfg, info.mean, info.std, train=train, pil=pil)
             if isinstance(source, FileSource):
-                ds = FileDataset(part, transform, info.in_channels, draft)
+                ds = FileDataset(part, transform, info.in_channels, draft, tensors=not pil)
+            elif isinstance(source, ShardSource):
+                ds = ShardDataset(part, transform, info.in_channels, draft, tensors=not pil)
             else:
                 ds = TensorDataset(part[0], part[1], transform)
             return StreamLoader(ds, batch_size=cfg.batch_size if train else eval_bs, train=train,
@@ -111,20 +127,47 @@ def preprocess_image(image: Image.Image, cfg) -> Tensor:
     Needs no data files (only the config: channels, image_size, mean, std), so it works where data.root
     is absent. Pass the image straight from Image.open, not yet loaded: it is then decoded exactly as the
     streaming path decodes files (a JPEG much larger than image_size at a reduced DCT scale), and the
-    result matches the eval batches bit for bit; an image loaded beforehand differs only for such JPEGs."""
+    result matches the eval batches bit for bit; an image loaded beforehand differs only for such JPEGs.
+    With data.decode=torchvision or device a JPEG's bytes are decoded as those paths decode them
+    (decode_jpeg, tensor resize): bit for bit with torchvision's eval batches, to float rounding with
+    the device path's."""
     import torchvision.transforms.v2 as v2
 
     from resexp.data.augment import eval_uint8
     from resexp.data.images import to_channels
 
     cfg = as_cfg(cfg)
-    channels = cfg.channels or _dataset(cfg).native_channels  # no file access: data.root may be elsewhere
+    ds = _dataset(cfg)
+    # no data files needed (data.root may be elsewhere); packed shards say theirs when they are there
+    channels = cfg.channels or (ds.channels_for(cfg) if hasattr(ds, "channels_for") else ds.native_channels)
     mean, std = norm_stats(cfg, channels)
     s = int(cfg.image_size)
-    if getattr(image, "tile", None) and hasattr(image, "draft"):
-        image.draft("RGB" if channels == 3 else "L", (s, s))
-    x = eval_uint8(to_channels(image, channels), s)
+    if str(cfg.get("decode", "pil")) != "pil":  # as the torchvision and device paths decode
+        from resexp.data.augment import eval_tensor
+        from resexp.data.images import decode_tensor, pil_to_uint8
+
+        blob = _jpeg_bytes(image)
+        u8 = decode_tensor(blob, channels) if blob is not None else pil_to_uint8(to_channels(image, channels))
+        x = eval_tensor(u8, s)
+    else:
+        if getattr(image, "tile", None) and hasattr(image, "draft"):
+            image.draft("RGB" if channels == 3 else "L", (s, s))
+        x = eval_uint8(to_channels(image, channels), s)
     x = v2.functional.to_dtype(x, torch.float32, scale=True)
     if mean is not None:
         x = v2.functional.normalize(x, list(mean), list(std))
     return x
+
+
+def _jpeg_bytes(image: Image.Image) -> bytes | None:
+    """The encoded bytes of a JPEG still open from its file (or file object), else None."""
+    if image.format != "JPEG":
+        return None
+    if getattr(image, "filename", None):
+        with open(image.filename, "rb") as f:
+            return f.read()
+    fp = getattr(image, "fp", None)
+    if fp is None:
+        return None
+    fp.seek(0)
+    return fp.read()

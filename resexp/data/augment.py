@@ -316,6 +316,13 @@ def stream_transform(cfg: DictConfig, mean, std, *, train: bool, pil: bool = Tru
     return v2.Compose(steps), draft
 
 
+def eval_tensor(x: Tensor, size: int) -> Tensor:
+    """The eval path's geometry on a uint8 [C, H, W] tensor (data.decode=torchvision / device)."""
+    import torchvision.transforms.v2.functional as TF
+
+    return TF.center_crop(TF.resize(x, size, antialias=True), size)
+
+
 def eval_uint8(img, size: int) -> Tensor:
     """The eval path's geometry on a PIL image, as uint8 [C, size, size] (no normalisation)."""
     import torchvision.transforms.v2 as v2

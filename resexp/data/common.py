@@ -146,8 +146,10 @@ def stratified_split(labels: Tensor, val_fraction: float, seed: int) -> tuple[Te
         quota[k] += 1
     g = generator(seed, "split")
     train_parts, val_parts = [], []
-    for k, cls in enumerate(classes.tolist()):
-        members = torch.nonzero(labels == cls).flatten()
+    by_class = torch.argsort(labels, stable=True)  # each class's indices ascending, one sort for all classes
+    ends = torch.cumsum(counts, 0).tolist()
+    for k in range(len(classes)):
+        members = by_class[ends[k] - int(counts[k]) : ends[k]]
         q = min(quota[k], max(0, len(members) - 1))
         perm = members[torch.randperm(len(members), generator=g)]
         val_parts.append(perm[:q])

@@ -9,7 +9,8 @@ Rules (documented for users in conf/data/image_folder.yaml):
   folder that is a link to another class folder is an error naming both;
 - every image is decoded once at start-up (a thread pool; JPEGs at reduced scale) so that a corrupt,
   truncated or empty file is found before training: data.on_bad_file=error stops with its path,
-  data.on_bad_file=skip warns once and leaves it out;
+  data.on_bad_file=skip warns once and leaves it out; the result is cached per file (path, size,
+  mtime: resexp/data/scan_cache.py), so a later start re-checks only new and changed files;
 - any mode is converted to the set's channels: 16-bit grey is scaled to 8 bits, CMYK and palettes are
   converted, transparent pixels are composited onto white.
 """
@@ -51,15 +52,18 @@ class Seen:
 
     def __init__(self):
         self.dirs: dict[tuple[int, int], str] = {}
-        self.files: dict[tuple[int, int], Path] = {}
-        self.duplicates: list[tuple[Path, Path]] = []  # (path skipped, the path counted)
+        self.files: dict[tuple[int, int], str] = {}
+        self.duplicates: list[tuple[str, str]] = []  # (path skipped, the path counted)
+        self.stats: dict[str, tuple[int, int]] = {}  # file path -> (size, mtime_ns): the scan cache's key
 
 
-def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
+def _identity(path: str | os.PathLike, seen: Seen | None = None) -> tuple[int, int] | None:
     try:
         st = os.stat(path)  # follows links: the identity of what the path leads to
     except OSError:
         return None  # a dangling link: left in, so that the bad-file scan names it
+    if seen is not None:
+        seen.stats[str(path)] = (st.st_size, st.st_mtime_ns)
     return st.st_dev, st.st_ino
 
 
@@ -68,6 +72,11 @@ def _within(path: str, folder: str) -> bool:
 
 
 def image_files(folder: Path, root: Path | None = None, seen: Seen | None = None) -> list[Path]:
+    """image_files_str as Paths."""
+    return [Path(p) for p in image_files_str(folder, root, seen)]
+
+
+def image_files_str(folder: Path, root: Path | None = None, seen: Seen | None = None) -> list[str]:
     """Image files under folder, recursively (hidden files and folders and other extensions
     skipped), sorted by their POSIX path: the same order on every machine.
 
@@ -78,7 +87,8 @@ def image_files(folder: Path, root: Path | None = None, seen: Seen | None = None
     inside = os.path.realpath(root if root is not None else folder)
     seen = seen if seen is not None else Seen()
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    # strings, not Paths: pathlib costs several times the walk itself on a million files
+    for dirpath, dirnames, filenames in os.walk(str(folder), followlinks=True):
         here = _identity(dirpath)
         if here in seen.dirs:  # two links to one folder outside the root
             log.warning(f"skipping folder {dirpath}: it is the folder {seen.dirs[here]}, already read")
@@ -97,17 +107,17 @@ def image_files(folder: Path, root: Path | None = None, seen: Seen | None = None
             keep.append(d)
         dirnames[:] = sorted(keep)  # the first path to a file is the one counted: same on every machine
         for f in sorted(filenames):
-            if not (_visible(f) and is_image_name(Path(f))):
+            if not (_visible(f) and f[f.rfind("."):].lower() in IMAGE_EXTENSIONS):  # splitext, faster
                 continue
-            path = Path(dirpath, f)
-            key = _identity(path)
+            path = dirpath + os.sep + f
+            key = _identity(path, seen)
             if key is not None and key in seen.files:
                 seen.duplicates.append((path, seen.files[key]))
                 continue
             if key is not None:
                 seen.files[key] = path
             found.append(path)
-    return sorted(found, key=Path.as_posix)
+    return sorted(found, key=lambda p: p.replace(os.sep, "/")) if os.sep != "/" else sorted(found)
 
 
 def class_folders(root: Path, set_name: str) -> list[str]:
@@ -150,18 +160,20 @@ def _check_distinct(root: Path, names: list[str]) -> None:
                 )
 
 
-def list_images(root: Path, set_name: str) -> tuple[list[str], list[tuple[str, int]]]:
-    """(class names, [(relative POSIX path, label)]) in a machine-independent order: sorted paths."""
+def list_images(root: Path, set_name: str, seen: Seen | None = None) -> tuple[list[str], list[tuple[str, int]]]:
+    """(class names, [(relative POSIX path, label)]) in a machine-independent order: sorted paths.
+    `seen.stats` gets every listed file's (size, mtime_ns) from the stat the listing makes anyway."""
     names = class_folders(root, set_name)
     _check_distinct(root, names)
     files: list[tuple[str, int]] = []
     empty = []
-    seen = Seen()
+    seen = seen if seen is not None else Seen()
     for label, name in enumerate(names):
-        found = image_files(root / name, root=root, seen=seen)
+        found = image_files_str(root / name, root=root, seen=seen)
         if not found:
             empty.append(str(root / name))
-        files.extend((p.relative_to(root).as_posix(), label) for p in found)
+        cut = len(str(root).rstrip(os.sep)) + 1
+        files.extend((p[cut:].replace(os.sep, "/"), label) for p in found)
     if empty:
         raise DataError(
             f"class folder(s) without images under data.root {root}: {', '.join(empty)}; every sub-folder is a "
@@ -243,6 +255,23 @@ def report_bad(bad: list[tuple[Path, str]], root: Path, policy: str) -> None:
             "or pass data.on_bad_file=skip to train without them"
         )
     log.warning(f"skipping {len(bad)} unreadable image file(s) under {root} (data.on_bad_file=skip): {shown}")
+
+
+def decode_tensor(blob: bytes, channels: int) -> Tensor:
+    """Encoded bytes -> uint8 [C, H, W]: JPEGs by torchvision.io.decode_jpeg (about 2x PIL's decode +
+    conversion per core, benchmarks/RESULTS.md), anything else by PIL with open_image's conversions."""
+    if blob[:3] == b"\xff\xd8\xff":
+        import warnings
+
+        import torchvision.io as tio
+
+        with warnings.catch_warnings():  # deprecated since torchvision 0.29 in favour of TorchCodec
+            warnings.simplefilter("ignore", DeprecationWarning)
+            mode = tio.ImageReadMode.RGB if channels == 3 else tio.ImageReadMode.GRAY
+            return tio.decode_jpeg(torch.frombuffer(bytearray(blob), dtype=torch.uint8), mode=mode)
+    import io
+
+    return pil_to_uint8(open_image(io.BytesIO(blob), channels))
 
 
 def pil_to_uint8(img: Image.Image) -> Tensor:

@@ -63,24 +63,8 @@ class MemoryLoader:
         else:
             self.num_samples = eval_count(n, rank, world_size)
         self.epoch, self.start_batch = 0, 0
-        c = images.shape[1]
-        if mean is None:
-            scale, shift = torch.full((c,), 1 / 255.0), torch.zeros(c)
-        else:
-            m, s = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
-            scale, shift = (1.0 / (255.0 * s)).float(), (-m / s).float()
-        self._scale = scale.view(1, c, 1, 1).to(self.device)
-        self._shift = shift.view(1, c, 1, 1).to(self.device)
-        a = augment_cfg if train else None
-        self._padding = int(a.crop_padding) if a is not None else 0
-        self._flip = bool(a.flip) if a is not None else False
-        self._rrc = bool(a.random_resized_crop) if a is not None else False
-        self._erasing = float(a.random_erasing) if a is not None else 0.0
-        self._policy = a.policy if a is not None and a.policy != "none" else None
-        if self._policy is not None:
-            augment.policy_transform(self._policy)  # an unknown name fails here, listing the choices
-        self._needs_resize = tuple(images.shape[-2:]) != (image_size, image_size)
-        self._random = self._padding > 0 or self._flip or self._rrc or self._erasing > 0 or self._policy is not None
+        self.augment = BatchAugment(self.device, images.shape[1], image_size, mean, std,
+                                    augment_cfg if train else None, seed, rank)
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.batch_size)
@@ -112,15 +96,41 @@ class MemoryLoader:
             else:
                 idx = order[lo:hi]
                 x, y = self.images[idx], self.labels[idx]
-            yield self._transform(x, b), y
+            yield self.augment(x, self.epoch, b), y
 
-    def _transform(self, x: Tensor, b: int) -> Tensor:
-        g = generator(self.seed, self.epoch, self.rank, b) if self._random else None
+
+class BatchAugment:
+    """A uint8 NCHW batch -> float32 normalised, augmented as data.augment says (None: evaluation),
+    on the batch's device. Batch b of epoch e draws from a CPU generator seeded by (seed, e, rank, b)."""
+
+    def __init__(self, device: torch.device, channels: int, image_size: int, mean, std,
+                 augment_cfg: DictConfig | None, seed: int, rank: int):
+        c = channels
+        if mean is None:
+            scale, shift = torch.full((c,), 1 / 255.0), torch.zeros(c)
+        else:
+            m, s = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+            scale, shift = (1.0 / (255.0 * s)).float(), (-m / s).float()
+        self._scale = scale.view(1, c, 1, 1).to(device)
+        self._shift = shift.view(1, c, 1, 1).to(device)
+        a = augment_cfg
+        self.seed, self.rank, self.image_size = seed, rank, image_size
+        self._padding = int(a.crop_padding) if a is not None else 0
+        self._flip = bool(a.flip) if a is not None else False
+        self._rrc = bool(a.random_resized_crop) if a is not None else False
+        self._erasing = float(a.random_erasing) if a is not None else 0.0
+        self._policy = a.policy if a is not None and a.policy != "none" else None
+        if self._policy is not None:
+            augment.policy_transform(self._policy)  # an unknown name fails here, listing the choices
+        self._random = self._padding > 0 or self._flip or self._rrc or self._erasing > 0 or self._policy is not None
+
+    def __call__(self, x: Tensor, epoch: int, b: int) -> Tensor:
+        g = generator(self.seed, epoch, self.rank, b) if self._random else None
         if self._padding or self._flip:
             x = augment.crop_flip(x, self._padding, self._flip, g)
         if self._rrc:
             x = augment.random_resized_crop(x, self.image_size, g)
-        elif self._needs_resize:
+        elif tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             shrink = self.image_size < max(x.shape[-2:])
             x = F.interpolate(x.float(), size=(self.image_size, self.image_size), mode="bilinear",
                               align_corners=False, antialias=shrink)

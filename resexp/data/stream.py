@@ -8,6 +8,7 @@ batch size or the rank that sees it, and set_epoch(e, start_batch=k) reproduces 
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from resexp.data.augment import seeded_call
 from resexp.data.common import check_rank, epoch_order, eval_count, mix_seed, train_count
-from resexp.data.images import open_image
+from resexp.data.images import decode_tensor, open_image
 from resexp.errors import DataError
 
 
@@ -36,8 +37,9 @@ class FileDataset(_Seeded):
     """(path, label) pairs -> (transformed image, label); keys are (index, sample seed or None)."""
 
     def __init__(self, items: list[tuple[Path, int]], transform: Callable, channels: int,
-                 draft: tuple[int, int] | None = None):
+                 draft: tuple[int, int] | None = None, tensors: bool = False):
         self.items, self.transform, self.channels, self.draft = items, transform, channels, draft
+        self.tensors = tensors  # data.decode=torchvision: uint8 tensors (decode_jpeg) for tensor transforms
 
     def __len__(self) -> int:
         return len(self.items)
@@ -46,13 +48,41 @@ class FileDataset(_Seeded):
         i, sample_seed = key
         path, label = self.items[i]
         try:
-            img = open_image(path, self.channels, self.draft)
+            if self.tensors:
+                with open(path, "rb") as f:
+                    img = decode_tensor(f.read(), self.channels)
+            else:
+                img = open_image(path, self.channels, self.draft)
         except Exception as e:  # noqa: BLE001
             raise DataError(
                 f"cannot read image {path} ({type(e).__name__}: {e}); it passed the start-up check, so it "
                 "changed since: restore it, or delete it and restart"
             ) from None
         return self._apply(img, sample_seed), label
+
+
+class ShardDataset(_Seeded):
+    """Samples of a packed split (data=shards) -> (transformed image, label), keys as FileDataset's."""
+
+    def __init__(self, part, transform: Callable, channels: int, draft: tuple[int, int] | None = None,
+                 tensors: bool = False):
+        self.reader, self.indices, self.labels = part.reader, part.indices, part.labels
+        self.transform, self.channels, self.draft, self.tensors = transform, channels, draft, tensors
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key: tuple[int, int | None]):
+        i, sample_seed = key
+        j = int(self.indices[i])
+        blob = self.reader.read(j)
+        try:
+            img = decode_tensor(blob, self.channels) if self.tensors else open_image(io.BytesIO(blob), self.channels,
+                                                                                      self.draft)
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"cannot decode sample {j} of {self.reader.split.shards[int(self.reader.split.shard[j])]} "
+                            f"({type(e).__name__}: {e}): the shard is damaged; restore it or pack again") from None
+        return self._apply(img, sample_seed), int(self.labels[i])
 
 
 class TensorDataset(_Seeded):
@@ -121,7 +151,8 @@ class StreamLoader:
     """A torch DataLoader with a seeded, sharded batch sampler; yields CPU tensors (pinned for CUDA)."""
 
     def __init__(self, dataset: Dataset, *, batch_size: int, train: bool, shuffle: bool = True, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, num_workers: int = 0, pin_memory: bool = False):
+                 rank: int = 0, world_size: int = 1, num_workers: int = 0, pin_memory: bool = False,
+                 collate_fn: Callable | None = None):
         self.sampler = ShardedBatchSampler(len(dataset), batch_size=batch_size, train=train, shuffle=shuffle,
                                            seed=seed, rank=rank, world_size=world_size)
         if train and self.sampler.num_samples < 1:
@@ -142,6 +173,7 @@ class StreamLoader:
             worker_init_fn=_worker_init(seed) if workers > 0 else None,
             prefetch_factor=4 if workers > 0 else None,
             generator=torch.Generator().manual_seed(mix_seed(seed, "loader")),
+            collate_fn=collate_fn,
         )
 
     def __len__(self) -> int:

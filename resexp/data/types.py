@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 from torch import Tensor
 
 
@@ -69,3 +70,31 @@ class FileSource:
     split: dict | None = None
     skipped: int = 0
     test: list[tuple[Path, int]] | None = field(default=None)
+
+
+@dataclass
+class ShardPart:
+    """Some samples of a packed split: a reader for its tars and which of its samples (split indices)."""
+
+    reader: object  # resexp.data.shard_format.ShardReader
+    indices: np.ndarray  # int64
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.reader.split.labels[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass
+class ShardSource:
+    """A data set packed into tar shards (data=shards), decoded while training."""
+
+    info: DataInfo
+    root: Path
+    train: ShardPart
+    val: ShardPart
+    test: ShardPart | None = None
+    split: dict | None = None
+    skipped: int = 0
