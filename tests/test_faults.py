@@ -110,11 +110,17 @@ def test_a_second_run_into_a_used_run_directory_is_refused_before_writing(tmp_pa
 
 def test_a_sweep_rerun_into_its_directory_leaves_the_earlier_jobs_as_they_were(tmp_path, in_process, capsys):
     sweep = tmp_path / "sweep"
-    args = ["-m", *BASE, "trainer.report=false", "seed=0", f"hydra.sweep.dir={sweep}"]
-    assert in_process(tmp_path, *args) == 0
+    args = ["-m", *BASE, "trainer.report=false", f"hydra.sweep.dir={sweep}"]
+    assert in_process(tmp_path, *args, "seed=0") == 0
     before = (sweep / "0" / "metrics.json").read_text()
     capsys.readouterr()
-    assert in_process(tmp_path, *args) == 1
+    # the same sweep again continues it: its completed job is kept, not trained again
+    assert in_process(tmp_path, *args, "seed=0") == 0
+    out = capsys.readouterr()
+    assert "job #0 completed in an earlier run of this sweep: kept" in out.out + out.err
+    assert (sweep / "0" / "metrics.json").read_text() == before
+    # another sweep into the same directory is refused, job by job, naming the way out
+    assert in_process(tmp_path, *args, "seed=1") == 1
     err = capsys.readouterr().err
     assert "1 sweep job(s) were not run: #0: run directory" in err, err
     assert "choose a new directory (hydra.sweep.dir=...)" in err and "hydra.run.dir" not in err, err

@@ -101,13 +101,14 @@ def test_torchvision_twins_load_resexp_weights_strictly():
 def test_resume_into_a_new_directory_brings_the_checkpoints_along(tmp_path):
     # Found by the GPU resume test: a resumed run writing to another directory (what the CLI does:
     # every run gets a new outputs/<date>/<time>) that never improves on the best-so-far had no best.pt
-    # to re-evaluate at the end. Here the resumed run has no epochs left at all.
+    # to re-evaluate at the end. Here the resumed run's one more epoch runs at a learning rate of 0
+    # (constant schedule at lr 0: the weights cannot move, so it cannot improve).
     tiny = ["model=resnet20", "model.stages.depths=[1,1]", "model.stages.widths=[8,16]", "model.stages.strides=[1,2]",
             "data=synthetic", "data.num_samples=48", "data.image_size=8", "data.num_classes=2",
-            "data.batch_size=16", *CPU_SMALL]
+            "data.batch_size=16", "scheduler=constant", "scheduler.warmup_epochs=0", "optimizer.lr=0", *CPU_SMALL]
     run(compose(tiny), run_dir=tmp_path / "first")
-    run(compose([*tiny, f"trainer.resume={tmp_path / 'first'}"]), run_dir=tmp_path / "second")
+    run(compose([*tiny, "trainer.epochs=2", f"trainer.resume={tmp_path / 'first'}"]), run_dir=tmp_path / "second")
     assert (tmp_path / "second/checkpoints/best.pt").is_file()
     assert (tmp_path / "second/checkpoints/last.pt").is_file()  # the new directory can be resumed from
     m = json.loads((tmp_path / "second/metrics.json").read_text())
-    assert m["status"] == "completed" and m["best"]["epoch"] == 1
+    assert m["status"] == "completed" and m["best"]["epoch"] == 1 and len(m["history"]) == 2
