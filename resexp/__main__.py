@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
-import os
 import shutil
 import sys
 import tempfile
@@ -17,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from resexp import ranks
-from resexp.cli import FULL_ERROR, USER_FULL_ERROR, exit_with_error, full_error, name_too_long
+from resexp.cli import FULL_ERROR, USER_FULL_ERROR, environ, exit_with_error, full_error, name_too_long
 from resexp.config import COMPOSITION_ERRORS, VERSION_BASE, conf_dir, config_error
 from resexp.errors import ConfigError, ResexpError
 from resexp.runs import is_multirun
@@ -103,17 +102,8 @@ def errors_come_back() -> Iterator[None]:
     """Hydra prints a composition error itself (several lines, exit 1) unless HYDRA_FULL_ERROR=1, when
     it raises it: set it for Hydra, so that main() can print the one line. What the user set is kept
     in USER_FULL_ERROR for resexp's own errors (cli.full_error), here and in launcher processes."""
-    saved = {k: os.environ.get(k) for k in (FULL_ERROR, USER_FULL_ERROR)}
-    os.environ[USER_FULL_ERROR] = "1" if full_error() else "0"
-    os.environ[FULL_ERROR] = "1"
-    try:
+    with environ({USER_FULL_ERROR: "1" if full_error() else "0", FULL_ERROR: "1"}):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def trusted_targets() -> AbstractContextManager:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
 from resexp.errors import ResexpError
@@ -62,3 +63,18 @@ def _limit(name: str, default: int) -> int:
         return os.pathconf("/", name)
     except (OSError, ValueError, AttributeError):
         return default
+
+
+@contextmanager
+def environ(values: dict[str, str]) -> Iterator[None]:
+    """`values` set in os.environ for the block, and what was there before put back after it."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from test_resume import assert_equal  # noqa: E402 - tests/ is on sys.path (pytest rootdir)
 
 from resexp import evaluate, export, predict
 from resexp.config import compose
@@ -30,21 +31,6 @@ def old_run(tmp_path) -> Path:
     return Path(shutil.copytree(FIXTURE / "killed", tmp_path / "old"))
 
 
-def equal(a, b, where: str) -> None:
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            equal(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            equal(x, y, f"{where}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    else:
-        assert a == b, (where, a, b)
-
-
 def test_an_old_mid_epoch_last_pt_resumes_bit_for_bit_as_the_old_code_ran_on(old_run, tmp_path):
     saved = torch.load(old_run / "checkpoints/last.pt", weights_only=True)
     assert (saved["epoch"], saved["batch"], saved["global_step"]) == (1, 3, 6)  # the fixture is what it says
@@ -53,7 +39,7 @@ def test_an_old_mid_epoch_last_pt_resumes_bit_for_bit_as_the_old_code_ran_on(old
     want = torch.load(FIXTURE / "straight_last.pt", weights_only=True)
     for entry in ("model", "ema", "optimizer", "scheduler", "scaler", "rng", "epoch", "batch", "global_step",
                   "best", "bad_evals", "train_acc"):
-        equal(new[entry], want[entry], entry)
+        assert_equal(new[entry], want[entry], entry)
     rows = lambda path: [{k: v for k, v in r.items() if k not in TIMINGS}  # noqa: E731
                          for r in json.loads(path.read_text())["history"]]
     assert rows(tmp_path / "resumed/metrics.json") == rows(FIXTURE / "straight_metrics.json")

@@ -11,10 +11,10 @@ job (the jobs use the store the sweep opened); a resumed run reopens its MLflow 
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from resexp.cli import environ
 from resexp.errors import error_line
 from resexp.trackers import TRACKERS, TrackedRun, Tracker, TrackerError, label, sweep_ids
 
@@ -205,17 +205,8 @@ def _quick_failure(uri: str):
     if not uri.startswith(("http://", "https://")):
         yield
         return
-    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CONNECT_TIMEOUT_S)}
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(keys)
-    try:
+    with environ({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CONNECT_TIMEOUT_S)}):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def param_text(value) -> str:
