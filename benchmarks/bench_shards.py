@@ -1,6 +1,7 @@
 """Image folder against shards, and the JPEG decoders, per core.
 
     python benchmarks/bench_shards.py [--n 512] [--epochs 2]
+    python benchmarks/bench_shards.py --device cuda --skip-decoders --workers 4,8,16 --decodes pil,torchvision,device
 
 1. Decoders, one thread, in memory (no file reads): 224x224 photo-like JPEGs (quality 90) and, for
    the resize cost, 500x375 ones (ImageNet's typical size) to 224: PIL (Image.open + draft + load, as
@@ -10,12 +11,15 @@
    image_size 224, batch 32, eval (decode + resize + centre crop + normalise) and train (+ random
    resized crop + flip), 0, 1 and 2 DataLoader workers, images/s after a warm-up epoch; PIL decoding
    (data.decode=pil, the default) and decode_jpeg + tensor transforms (data.decode=torchvision).
+   With --device each batch is moved to that device (and data.decode=device decodes there); the clock
+   stops after the device has finished (the rate a training loop on that device could be fed at).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import sys
 import tempfile
@@ -92,7 +96,8 @@ def decoders(n: int) -> list[tuple[str, float]]:
     return rows
 
 
-def loaders(n: int, epochs: int) -> list[tuple[str, float]]:
+def loaders(n: int, epochs: int, workers=(0, 1, 2), decodes=("pil", "torchvision"), device: str = "cpu",
+            batch: int = 32, splits=("eval", "train")) -> list[tuple[str, float]]:
     from omegaconf import OmegaConf
 
     from resexp.data import build_data
@@ -107,39 +112,76 @@ def loaders(n: int, epochs: int) -> list[tuple[str, float]]:
         rows.append(("pack (check + write, 2 threads)", n / (time.perf_counter() - t)))
         base = OmegaConf.load(ROOT / "conf" / "data" / "image_folder.yaml")
         base.pop("defaults")
-        base = OmegaConf.merge(base, {"batch_size": 32, "val_split": 0.5})
-        cases = [(w, "pil") for w in (0, 1, 2)] + [(w, "torchvision") for w in (0, 2)]
-        for workers, decode in cases:
-            for kind, root in (("folder", folder), ("shards", packed)):
-                cfg = OmegaConf.merge(base, {"name": "image_folder" if kind == "folder" else "shards",
-                                             "root": str(root), "num_workers": workers, "decode": decode})
-                tag = f"{kind}, decode={decode}, {workers} workers"
-                b = build_data(cfg, seed=0)
-                rows.append((f"{tag}, eval", epochs_per_second(b.val, b.val.num_samples, epochs)))
-                b.val.close()
-                cfg = OmegaConf.merge(cfg, {"augment": {"random_resized_crop": True, "flip": True}})
-                b = build_data(cfg, seed=0)
-                rows.append((f"{tag}, train", epochs_per_second(b.train, b.train.num_samples, epochs)))
-                b.train.close()
+        base = OmegaConf.merge(base, {"batch_size": batch, "val_split": 0.5})
+        sync = torch.cuda.synchronize if device.startswith("cuda") else None
+        for decode in decodes:
+            for w in workers:
+                for kind, root in (("folder", folder), ("shards", packed)):
+                    cfg = OmegaConf.merge(base, {"name": "image_folder" if kind == "folder" else "shards",
+                                                 "root": str(root), "num_workers": w, "decode": decode})
+                    tag = f"{kind}, decode={decode}, {w} workers"
+                    for split in splits:
+                        aug = {"random_resized_crop": True, "flip": True} if split == "train" else {}
+                        b = build_data(OmegaConf.merge(cfg, {"augment": aug}), seed=0, device=device)
+                        loader = b.train if split == "train" else b.val
+                        rows.append((f"{tag}, {split}",
+                                     epochs_per_second(on_device(loader, device), loader.num_samples, epochs, sync)))
+                        loader.close()
     return rows
 
 
-def main() -> None:
+class on_device:  # noqa: N801 (a loader wrapper, used like one)
+    """Iterate a loader with each batch moved to `device`, as the trainer moves it (no-op when already there)."""
+
+    def __init__(self, loader, device: str):
+        self.loader, self.device = loader, torch.device(device)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def ints(text: str) -> list[int]:
+    return [int(t) for t in text.split(",")]
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--skip-loaders", action="store_true")
-    a = ap.parse_args()
+    ap.add_argument("--skip-decoders", action="store_true")
+    ap.add_argument("--workers", type=ints, default=[0, 1, 2], help="DataLoader workers to try, e.g. 4,8,16")
+    ap.add_argument("--decodes", default="pil,torchvision", help="data.decode values to try (pil,torchvision,device)")
+    ap.add_argument("--device", default="cpu", help="move batches here (data.decode=device decodes here)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--splits", default="eval,train", help="eval (decode + resize + crop), train (+ augmentation)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    return ap
+
+
+def main() -> None:
+    a = parser().parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("RESEXP_CACHE", tempfile.mkdtemp())
-    print(f"# {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 intra-op thread")
-    print("| decoder (one thread) | images/s |\n|---|---:|")
-    for name, r in decoders(min(a.n, 256)):
-        print(f"| {name} | {r:,.0f} |")
-    if not a.skip_loaders:
-        print("\n| loader (224x224 JPEGs -> 224, batch 32) | images/s |\n|---|---:|")
-        for name, r in loaders(a.n, a.epochs):
+    print(f"# {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 intra-op thread, device {a.device}")
+    rows = []
+    if not a.skip_decoders:
+        print("| decoder (one thread) | images/s |\n|---|---:|")
+        for name, r in decoders(min(a.n, 256)):
+            rows.append({"case": name, "img_s": round(r)})
             print(f"| {name} | {r:,.0f} |")
+    if not a.skip_loaders:
+        print(f"\n| loader (224x224 JPEGs -> 224, batch {a.batch}, to {a.device}) | images/s |\n|---|---:|")
+        for name, r in loaders(a.n, a.epochs, a.workers, a.decodes.split(","), a.device, a.batch,
+                                  a.splits.split(",")):
+            rows.append({"case": name, "img_s": round(r)})
+            print(f"| {name} | {r:,.0f} |", flush=True)
+    if a.json:
+        a.json.write_text(json.dumps({"rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

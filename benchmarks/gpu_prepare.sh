@@ -11,6 +11,8 @@ grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/ex
 rm -rf .gpu && mkdir -p .gpu/data/MNIST/raw .gpu/data/FashionMNIST/raw .gpu/whl
 cp "$shared"/mnist/*.gz .gpu/data/MNIST/raw/
 cp "$shared"/fashion-mnist/*.gz .gpu/data/FashionMNIST/raw/
-# pure-Python wheels (antlr4 4.9.3 is published as a source archive only: build its wheel here)
-python -m pip wheel -q --no-deps -w .gpu/whl "hydra-core>=1.3" "omegaconf>=2.3,<2.4" "antlr4-python3-runtime==4.9.3"
+# wheels of what resexp needs beyond the image: pure Python, and safetensors' abi3 build (any CPython >= 3.8);
+# antlr4 4.9.3 is published as a source archive only: its wheel is built here. loky + cloudpickle: the pool.
+python -m pip wheel -q --no-deps -w .gpu/whl "hydra-core>=1.3" "omegaconf>=2.3,<2.4" "antlr4-python3-runtime==4.9.3" \
+    safetensors tqdm "loky>=3.4" cloudpickle filelock
 du -sh .gpu
