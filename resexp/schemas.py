@@ -387,6 +387,7 @@ class TrainerConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     ema_decay: float | None = None  # e.g. 0.999; validated and checkpointed next to the weights
+    ema_warmup: bool = False  # decay min(ema_decay, 1 - (1 + step)^(-2/3)): short runs forget the random start
     val_every: int = 1  # epochs
     monitor: Monitor = Monitor.val_acc
     early_stopping_patience: int | None = None  # validations without improvement before stopping

@@ -278,7 +278,7 @@ def test_ema_is_the_running_average_of_the_weights_and_keeps_its_place_in_best_p
     with torch.no_grad():
         net[0].weight.add_(4.0)
     net(torch.randn(8, 3))  # BatchNorm: running stats and num_batches_tracked move
-    ema.update()
+    ema.update(step=0)
     assert torch.allclose(ema.module[0].weight, start + 0.25 * 4.0)  # 0.75 * old + 0.25 * new
     assert ema.module[1].num_batches_tracked.item() == 1  # integers are copied, not averaged
     assert not any(p.requires_grad for p in ema.module.parameters())
@@ -293,6 +293,24 @@ def test_ema_is_the_running_average_of_the_weights_and_keeps_its_place_in_best_p
     last = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
     assert all(torch.equal(best[k], last["ema"][f"module.{k}"]) for k in best)
     assert not torch.equal(best["fc.weight"], last["model"]["fc.weight"])  # the average, not the weights
+
+
+def test_ema_warmup_forgets_the_random_start_of_a_short_run():
+    from resexp.train.ema import EMA
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 4)
+    plain, warm = EMA(net, decay=0.999), EMA(net, decay=0.999, warmup=True)
+    assert [warm.decay_at(t) for t in (0, 7)] == [0.0, 0.75] and warm.decay_at(10**6) == 0.999
+    start = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)  # the model moves away from its start and stays there
+    for step in range(300):
+        plain.update(step)
+        warm.update(step)
+    # 300 steps at 0.999 keep 74% of the start; the warm-up's first update (decay 0) copies the model
+    assert (plain.module.weight - start).mean().item() == pytest.approx(1 - 0.999**300, abs=1e-4)
+    assert (warm.module.weight - start).mean().item() > 0.97
 
 
 def test_ema_decay_outside_0_1_is_a_config_error(tmp_path):

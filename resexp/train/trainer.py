@@ -78,7 +78,7 @@ class Trainer:
         self.model = model.to(self.device, memory_format=self.memory_format)
         if env.distributed and t.sync_batchnorm and self.device.type == "cuda":  # no CPU kernel
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.ema = EMA(self.model, t.ema_decay) if t.ema_decay is not None else None
+        self.ema = EMA(self.model, t.ema_decay, t.ema_warmup) if t.ema_decay is not None else None
         eval_mode = COMPILE_MODES[t.compile_mode]
         self.cuda_graphs = t.compile and eval_mode != t.compile_mode  # graph modes: evaluation runs without
         self.eval_forward = self._compiled(self.model, eval_mode)
@@ -195,7 +195,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             if self.ema is not None:
-                self.ema.update()
+                self.ema.update(self.state.global_step)
             self.state.global_step += 1
         return loss.detach(), logits.detach()
 
