@@ -13,10 +13,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from resexp.config import compose, to_plain
 from resexp.runs import RunPaths
 from resexp.trackers import TrackedRun, Tracker, run_files
-from resexp.train.hparams import shown_hparams
+from resexp.train.hparams import default_composition, shown_hparams
 
 log = logging.getLogger("resexp")
 
@@ -96,8 +95,9 @@ class RunLogger:
         from resexp.trackers import current_sweep, run_name
 
         paths = RunPaths(self.run_dir)
-        overrides = OmegaConf.load(paths.overrides) if paths.overrides.is_file() else []
-        shown = shown_hparams(OmegaConf.to_container(OmegaConf.load(paths.config)), to_plain(compose()), overrides)
+        overrides = list(OmegaConf.load(paths.overrides)) if paths.overrides.is_file() else []
+        config = OmegaConf.to_container(OmegaConf.load(paths.config))
+        shown = shown_hparams(config, default_composition(config, overrides), overrides)
         # No experiment summary: TensorBoard then builds the table from every run's own start info and
         # lists the keys that differ between the runs first (SummaryWriter.add_hparams writes one per
         # run, and TensorBoard shows the first run's columns).
