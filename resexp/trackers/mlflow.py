@@ -160,8 +160,10 @@ class MLflowTracker(Tracker):
             raise
         except Exception as e:  # noqa: BLE001 - a bad URI, an unreachable server, a store that cannot be created
             raise TrackerError(f"logger=mlflow could not open the store {uri}: {error_line(e)}") from e
-        log.info(f"MLflow store: {uri} (artifacts: {experiment.artifact_location}); "
-                 f"to browse: mlflow ui --backend-store-uri {uri}")
+        # the runs table in the model-training view: MLflow 3's UI opens in its GenAI view in a new browser
+        log.info(f"MLflow store: {uri} (artifacts: {experiment.artifact_location}); to browse: mlflow ui "
+                 f"--backend-store-uri {uri}, then http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}"
+                 f"/runs?workflowType=machine_learning")
         return client, uri, experiment.experiment_id
 
 
