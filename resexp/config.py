@@ -64,6 +64,18 @@ def typed(group: str, node: Mapping) -> DictConfig:
         raise ConfigError(one_line(e, prefix=f"{group}.", owner=f"{group} {selector}={value}")) from None
 
 
+def overridden(group: str, node: Mapping, overrides: Sequence[str] = ()) -> DictConfig:
+    """`node` (one group's plain config) with the commands' `<group>.key=value` overrides (values typed
+    as YAML, resexp.cli), then `typed`: a bad key or value is one line naming it and the option's keys."""
+    dotlist = [o.partition(".")[2] for o in overrides]
+    if dotlist:
+        try:
+            node = OmegaConf.to_container(OmegaConf.merge(dict(node), OmegaConf.from_dotlist(dotlist)))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"bad override ({', '.join(overrides)}): {str(e).strip().splitlines()[0]}") from None
+    return typed(group, node)
+
+
 def known_keys(group: str, node: Mapping) -> dict:
     """`node` without the keys its option's schema lacks."""
     keys = {f.name for f in fields(schema_of(group, node))}
@@ -225,7 +237,7 @@ def one_line(e: BaseException, prefix: str = "", owner: str | None = None, choic
         path = cause.full_key.rpartition(".")[0]
         if owner is None or path:
             owner = _owner(path, cause, choices, swept) if path in SCHEMAS or path.replace(".", "/") in choices \
-                else prefix + path
+                else prefix + path or "the run config"
         keys = ", ".join(f.name for f in fields(cause.object_type))
         return f"{prefix}{cause.full_key} is not a key of {owner} (its keys: {keys}){origin}"
     if cause is not None and cause.full_key:

@@ -20,15 +20,16 @@ from resexp.config import check, checked, compose, conf_dir, one_line, schema_of
 from resexp.errors import ConfigError
 from resexp.models.baselines import VGG13, LeNet5
 from resexp.models.blocks import BLOCKS
+from resexp.models.layer_table import count_buffers, count_params, model_summary, summary_text
 from resexp.models.pretrained import load_backbone, load_pretrained, pretrained_state_dict
 from resexp.models.resnet import ResNet
 from resexp.models.stems import STEMS
-from resexp.models.summary import count_buffers, count_params, model_summary
 from resexp.registry import Registry
 from resexp.schemas import ModelConfig
 
 __all__ = ["ARCHS", "BLOCKS", "STEMS", "LeNet5", "ResNet", "VGG13", "build_model", "count_buffers",
-           "count_params", "create", "list_models", "load_pretrained", "model_config", "model_summary"]
+           "count_params", "create", "list_models", "load_pretrained", "model_config", "model_summary",
+           "summary_text"]
 
 # builder(cfg, num_classes, in_channels, image_size) -> nn.Module
 ARCHS: Registry[Any] = Registry("arch")
