@@ -1,5 +1,5 @@
 """The sweep report for a sweep directory or any set of run directories (every `metrics.json` below
-them): written when a sweep ends (resexp/sweep.py) and by `python -m resexp.report`.
+them): written when a sweep ends (resexp/sweeps/multirun.py) and by `python -m resexp.report`.
 
 Writes `sweep_summary.csv`, `sweep_summary.md` and `sweep_val_acc.png` (validation accuracy per epoch,
 one line per job) into the given directory. When the runs hold plain/residual pairs
