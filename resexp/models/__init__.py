@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from resexp.config import check, checked, compose, conf_dir, one_line, schema_of, to_plain, typed
+from resexp.config import check, checked, compose, composition_message, conf_dir, schema_of, to_plain, typed
 from resexp.errors import ConfigError
 from resexp.models.baselines import VGG13, LeNet5
 from resexp.models.blocks import BLOCKS
@@ -127,7 +127,7 @@ def model_config(name: str, **kwargs: Any) -> ModelConfig:
     try:
         node = OmegaConf.merge(OmegaConf.structured(schema_of("model", option)), option, values)
     except OmegaConfBaseException as e:
-        raise ConfigError(one_line(e, prefix="model.", owner=f"model={name}")) from None
+        raise ConfigError(composition_message(e, prefix="model.", owner=f"model={name}")) from None
     return checked(node)
 
 
