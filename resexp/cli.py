@@ -58,7 +58,8 @@ class Command:
             lines.append(f"  {name:<14} {o.help}" + ("" if o.required or o.default is None
                                                      else f" (default {o.default})"))
         lines += [f"  {(p or 'key') + '*=':<14} {text}" for p, text in self.prefixes.items()]
-        lines.append("  (--key value and --key=value are key=value too)")
+        if "" not in self.prefixes:
+            lines.append("  (--key value and --key=value are key=value too)")
         return "\n".join(lines)
 
     def parse(self, argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
@@ -72,11 +73,11 @@ class Command:
         while args:
             arg = args.pop(0)
             if only_positional:
-                self._positional(values, arg)
+                values[self.positional].append(arg)
             elif arg in ("-h", "--help"):
                 print(self.usage())
                 raise SystemExit(0)
-            elif arg == "--":
+            elif arg == "--" and self.positional:
                 only_positional = True
             elif "" in self.prefixes:  # every argument is an override for another parser (summary: Hydra's)
                 passthrough.append(arg)
@@ -90,7 +91,7 @@ class Command:
             elif (key := arg.partition("=")[0].strip()) and "=" in arg and KEY.fullmatch(key):
                 self._set(values, passthrough, key, arg.partition("=")[2])
             elif self.positional:
-                self._positional(values, arg)
+                values[self.positional].append(arg)
             else:
                 raise ConfigError(f"bad argument '{arg}': arguments are key=value (valid keys: {self.valid()})")
         missing = [k for k, o in self.options.items() if o.required and values[k] in (None, "", [])]
@@ -109,12 +110,9 @@ class Command:
             hint = "; a path with '=' in it: write ./<path>" if self.positional else ""
             raise ConfigError(f"unknown key '{key}'; valid keys: {self.valid()}{hint}")
         elif key == self.positional:
-            self._positional(values, raw)
+            values[key].append(raw)
         else:
             values[key] = typed_value(key, raw)
-
-    def _positional(self, values: dict, arg: str) -> None:
-        values[self.positional].append(arg)
 
     def _spelt(self, key: str) -> str:
         return f"{self.positional.upper()}" if key == self.positional else f"{key}=..."

@@ -133,3 +133,12 @@ def test_python_dash_m_runs_every_command(module):
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"error: {name + ': ' if name else ''}") and "'foo'" in done.stderr or \
         "foo is not a key" in done.stderr, done.stderr
+
+
+def test_report_reads_directories_around_its_keys_and_after_a_double_dash():
+    from resexp.report import COMMAND
+
+    assert COMMAND.parse(["a", "out=o", "b/x=1"]) == ({"dirs": ["a", "b/x=1"], "out": "o"}, [])
+    assert COMMAND.parse(["--out", "o", "--", "--odd", "k=v"]) == ({"dirs": ["--odd", "k=v"], "out": "o"}, [])
+    with pytest.raises(ConfigError, match="^--out needs a value: --out VALUE or out=VALUE$"):
+        COMMAND.parse(["a", "--out"])
