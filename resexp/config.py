@@ -18,7 +18,7 @@ from hydra.errors import ConfigCompositionException, HydraException, MissingConf
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from resexp.errors import ConfigError
+from resexp.errors import ConfigError, error_line
 from resexp.schemas import SCHEMAS, SELECTORS, Choice, RunConfig
 
 
@@ -72,7 +72,7 @@ def overridden(group: str, node: Mapping, overrides: Sequence[str] = ()) -> Dict
         try:
             node = OmegaConf.to_container(OmegaConf.merge(dict(node), OmegaConf.from_dotlist(dotlist)))
         except OmegaConfBaseException as e:
-            raise ConfigError(f"bad override ({', '.join(overrides)}): {str(e).strip().splitlines()[0]}") from None
+            raise ConfigError(f"bad override ({', '.join(overrides)}): {error_line(e, name=False)}") from None
     return typed(group, node)
 
 
