@@ -112,7 +112,7 @@ def compose_case(case: Case, dev: str, device: torch.device, variant: tuple, bat
 def build_resexp(cfg, device: torch.device):
     from resexp.data import build_data
     from resexp.models import build_model
-    from resexp.models.summary import count_params
+    from resexp.models.layer_table import count_params
     from resexp.runs import RunFacts
     from resexp.train.environment import Env, configure_determinism, resolve_device, seed_everything
     from resexp.train.trainer import Trainer

@@ -1,5 +1,6 @@
 """`python -m resexp [overrides]` (= `resexp [overrides]`): the Hydra app that trains one run,
-or one job per combination with `-m` (a failing job is recorded and the sweep goes on: resexp/sweep.py).
+or one job per combination with `-m` (a failing job is recorded and the sweep goes on:
+resexp/sweeps/multirun.py).
 `torchrun --nproc_per_node=N -m resexp [overrides]` trains one run with DistributedDataParallel."""
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ PLUGINS = {
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", **VERSION_BASE)
 def app(cfg: DictConfig) -> float:
-    from resexp.sweep import BEFORE_TRAINING, INTERRUPTED_EXIT, run_sweep_job
+    from resexp.sweeps.multirun import BEFORE_TRAINING, INTERRUPTED_EXIT, run_sweep_job
     from resexp.train import run  # imported here so `--cfg job` and `--help` stay fast
     from resexp.train.signals import Interrupted
 

@@ -1,6 +1,6 @@
 """Configs as plain data and as Hydra composes them: `compose` (the Python API), a saved config read
 leniently (`saved_config`), one group's node checked against its option's schema (`typed`), and
-composition errors as one line (`config_error`, from the exceptions Hydra and OmegaConf raise).
+composition errors as one message (`config_error`, from the exceptions Hydra and OmegaConf raise).
 The schemas themselves are resexp/schemas.py.
 """
 
@@ -18,7 +18,7 @@ from hydra.errors import ConfigCompositionException, HydraException, MissingConf
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from resexp.errors import ConfigError
+from resexp.errors import ConfigError, error_line
 from resexp.schemas import SCHEMAS, SELECTORS, Choice, RunConfig
 
 
@@ -37,7 +37,7 @@ def checked(cfg: DictConfig) -> Any:
     try:
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
-        raise ConfigError(one_line(e)) from None
+        raise ConfigError(composition_message(e)) from None
 
 
 def check(node: DictConfig) -> DictConfig:
@@ -61,7 +61,19 @@ def typed(group: str, node: Mapping) -> DictConfig:
         if value not in SCHEMAS.get(group, {}):  # the name is the mistake, not the keys
             known = ", ".join(SCHEMAS[group])
             raise ConfigError(f"unknown {group}.{selector} '{value}'; choose one of: {known}") from None
-        raise ConfigError(one_line(e, prefix=f"{group}.", owner=f"{group} {selector}={value}")) from None
+        raise ConfigError(composition_message(e, prefix=f"{group}.", owner=f"{group} {selector}={value}")) from None
+
+
+def overridden(group: str, node: Mapping, overrides: Sequence[str] = ()) -> DictConfig:
+    """`node` (one group's plain config) with the commands' `<group>.key=value` overrides (values typed
+    as YAML, resexp.cli), then `typed`: a bad key or value is one line naming it and the option's keys."""
+    dotlist = [o.partition(".")[2] for o in overrides]
+    if dotlist:
+        try:
+            node = OmegaConf.to_container(OmegaConf.merge(dict(node), OmegaConf.from_dotlist(dotlist)))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"bad override ({', '.join(overrides)}): {error_line(e, name=False)}") from None
+    return typed(group, node)
 
 
 def known_keys(group: str, node: Mapping) -> dict:
@@ -159,7 +171,7 @@ def config_error(e: BaseException, overrides: Sequence[str], config_name: str = 
     line = _null_node(overrides, choices)
     if line is None and isinstance(e, AssertionError):
         return None
-    error = CompositionError(line or one_line(e, choices=choices, swept=_swept(overrides)))
+    error = CompositionError(line or composition_message(e, choices=choices, swept=_swept(overrides)))
     error.__cause__ = e  # HYDRA_FULL_ERROR=1 shows Hydra's own error below the line
     return error
 
@@ -209,9 +221,10 @@ def _null_node(overrides: Sequence[str], choices: Mapping[str, Any]) -> str | No
     return None
 
 
-def one_line(e: BaseException, prefix: str = "", owner: str | None = None, choices: Mapping[str, Any] | None = None,
-             swept: set[str] = frozenset()) -> str:
-    """A composition error as one line that names the key (and for an unknown key, the valid ones).
+def composition_message(e: BaseException, prefix: str = "", owner: str | None = None,
+                        choices: Mapping[str, Any] | None = None, swept: set[str] = frozenset()) -> str:
+    """What Hydra or OmegaConf raised, as the message a user needs: the key named (for an unknown key,
+    the option's valid keys), in one line (resexp.cli prints it as every other error).
     `prefix`, `owner`: for a group's node checked on its own (`typed`); `choices`: {group: option}."""
     choices = choices or {}
     text = str(e)
@@ -225,7 +238,7 @@ def one_line(e: BaseException, prefix: str = "", owner: str | None = None, choic
         path = cause.full_key.rpartition(".")[0]
         if owner is None or path:
             owner = _owner(path, cause, choices, swept) if path in SCHEMAS or path.replace(".", "/") in choices \
-                else prefix + path
+                else prefix + path or "the run config"
         keys = ", ".join(f.name for f in fields(cause.object_type))
         return f"{prefix}{cause.full_key} is not a key of {owner} (its keys: {keys}){origin}"
     if cause is not None and cause.full_key:

@@ -32,8 +32,13 @@ class DiskFullError(ResexpError):
         super().__init__(message)
         self.path = path  # the file that could not be written
 
-def error_line(e: BaseException, limit: int = 300) -> str:
-    """`Type: first line of the message`, cut to `limit` characters (a CUDA OOM message is long)."""
-    text = str(e).strip().splitlines()
-    line = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+def error_line(e: BaseException, limit: int | None = 300, name: bool = True) -> str:
+    """Any exception as one line, the one way resexp shows one: `Type: message` (`name=False`: the
+    message alone). A ResexpError's message is written for users and kept whole, its lines joined by
+    "; "; another's is its first line (the rest is a report or a traceback). Cut to `limit` characters
+    (a CUDA out-of-memory message is long)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    text = "; ".join(lines) if isinstance(e, ResexpError) else (lines[0] if lines else "")
+    line = f"{type(e).__name__}: {text}" if name and text else text if text else type(e).__name__
+    return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."

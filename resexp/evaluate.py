@@ -11,19 +11,17 @@ import json
 import time
 from pathlib import Path
 
-from resexp.cli import run_command
+from resexp.cli import Command, Option, run_command
 from resexp.errors import ConfigError, DataError
-from resexp.inference import LoadedRun, Option, load_run, parse_args
+from resexp.inference import LoadedRun, load_run
 
-OPTIONS = {
+COMMAND = Command("evaluate", "a run's best model on a split of its data set: loss, top-1, top-5", {
     "run": Option(None, "run directory (holds checkpoints/best.pt) or a best.pt file", required=True),
     "split": Option("val", "val or test"),
     "json": Option(None, "also write the results to this JSON file"),
     "device": Option("auto", "auto, cpu, cuda or cuda:N"),
     "precision": Option("32", "32, bf16 or 16"),
-}
-PREFIXES = {"data.": "override the run's data config, e.g. data.root=... data.batch_size=..."}
-PROG = "resexp.evaluate"
+}, prefixes={"data.": "override the run's data config, e.g. data.root=... data.batch_size=..."})
 
 
 def evaluate_loader(run: LoadedRun, loader, precision: str = "32") -> dict:
@@ -56,7 +54,7 @@ def evaluate_run(run: LoadedRun, split: str = "val", precision: str = "32") -> d
 
 
 def main(argv: list[str]) -> int:
-    args, data_overrides = parse_args(argv, OPTIONS, PREFIXES, prog=PROG)
+    args, data_overrides = COMMAND.parse(argv)
     run = load_run(str(args["run"]), device=str(args["device"]), data_overrides=data_overrides)
     result = evaluate_run(run, str(args["split"]), str(args["precision"]))
     recorded = run.best.get(f"{result['split']}_acc")

@@ -18,22 +18,20 @@ from pathlib import Path
 
 import torch
 
-from resexp.cli import run_command
+from resexp.cli import Command, Option, run_command
 from resexp.data.images import image_files
-from resexp.errors import ConfigError, DataError, ResexpError
+from resexp.errors import ConfigError, DataError, ResexpError, error_line
 from resexp.files import atomic_write
-from resexp.inference import LoadedRun, Option, load_run, parse_args
+from resexp.inference import LoadedRun, load_run
 from resexp.reports.export import model_card, write_card
 
-OPTIONS = {
+COMMAND = Command("export", "a run's best model as ONNX, checked against PyTorch by onnxruntime", {
     "run": Option(None, "run directory (holds checkpoints/best.pt) or a best.pt file", required=True),
     "format": Option("onnx", "export format: onnx"),
     "out": Option(None, "output file (default <run dir>/best.onnx); its card goes to <out>.json"),
     "verify": Option(True, "compare onnxruntime's logits with PyTorch's on real images"),
     "images": Option(None, "verify on these images (a folder or a file) instead of the run's validation images"),
-}
-PREFIXES = {"data.": "override the run's data config for verification, e.g. data.root=..."}
-PROG = "resexp.export"
+}, prefixes={"data.": "override the run's data config for verification, e.g. data.root=..."})
 FORMATS = ("onnx",)
 
 CARD_FORMAT = "resexp-onnx/1"
@@ -87,10 +85,9 @@ def export_proto(run: LoadedRun):
         program = torch.onnx.export(model, (x,), dynamo=True, opset_version=OPSET, input_names=[INPUT],
                                     output_names=[OUTPUT], dynamic_shapes=({0: "batch"},), verbose=False)
     except Exception as e:  # the exporter raises many types (torch.export, onnxscript, unsupported ops)
-        first = (str(e).strip().splitlines() or [""])[0][:300]
         arch = run.config.get("model", {}).get("arch")
         raise ResexpError(f"model {run.meta.get('name')} (arch={arch}) cannot be exported to ONNX: "
-                          f"{type(e).__name__}: {first}") from e
+                          f"{error_line(e)}") from e
     return program.model_proto
 
 
@@ -179,7 +176,7 @@ def export_onnx(run: LoadedRun, out: Path, verify: bool = True, images: str | No
 
 
 def main(argv: list[str]) -> int:
-    args, data_overrides = parse_args(argv, OPTIONS, PREFIXES, prog=PROG)
+    args, data_overrides = COMMAND.parse(argv)
     fmt = str(args["format"]).lower()
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format={args['format']}; valid formats: {', '.join(FORMATS)}")

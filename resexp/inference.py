@@ -1,5 +1,5 @@
-"""What `resexp.predict` and `resexp.evaluate` share: load a run's best model with the run's own
-preprocessing and class names, and a tiny `key=value` command-line parser.
+"""A finished run loaded for inference (`resexp.predict`, `resexp.evaluate`, `resexp.export`): its best
+model with the run's own preprocessing and class names.
 
     from resexp.inference import load_run
     run = load_run("outputs/2025-01-01/12-00-00-000000", device="cpu")
@@ -13,19 +13,16 @@ code runs. `load_exported(run_dir)` rebuilds the same network from `best.safeten
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from resexp.config import known_keys, saved_config, typed
-from resexp.errors import CheckpointError, ConfigError, DataError
+from resexp.config import known_keys, overridden, saved_config
+from resexp.errors import CheckpointError, DataError, error_line
 from resexp.runs import RunFacts, RunPaths
 
 
@@ -116,15 +113,7 @@ def build_for_inference(model_cfg: dict, facts: RunFacts) -> nn.Module:
 
 def data_config(config: dict, overrides: Iterable[str] = ()) -> DictConfig:
     """The run's data config (typed), with `data.key=value` overrides applied."""
-    try:
-        cfg = typed("data", config.get("data") or {})
-        dotlist = [o[len("data."):] for o in overrides]
-        if dotlist:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"bad data override ({', '.join(overrides)}): {str(e).splitlines()[0]} "
-                          f"(see resexp/schemas.py:DataConfig for the keys)") from None
-    return cfg
+    return overridden("data", config.get("data") or {}, list(overrides))
 
 
 def load_run(run: str | Path, device: str | torch.device = "cpu", data_overrides: Iterable[str] = ()) -> LoadedRun:
@@ -179,62 +168,8 @@ def load_image(path: str | Path, data_cfg: DictConfig, input_shape: tuple[int, i
     except UnidentifiedImageError:
         raise DataError(f"{path} is not an image PIL can read (wrong extension or corrupt)") from None
     except (OSError, ValueError, SyntaxError) as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise DataError(f"cannot read image {path}: {type(e).__name__}{': ' + first if first else ''}") from None
+        raise DataError(f"cannot read image {path}: {error_line(e)}") from None
     if input_shape is not None and tuple(x.shape) != tuple(input_shape):
         raise DataError(f"{path}: preprocessing gave a {list(x.shape)} tensor but the model expects "
                         f"{list(input_shape)}")
     return x
-
-
-# -------------------------------------------------------------------------- command-line parsing
-@dataclass
-class Option:
-    default: Any
-    help: str
-    required: bool = False
-
-
-def usage(prog: str, options: dict[str, Option], prefixes: dict[str, str] | None = None) -> str:
-    lines = [f"usage: python -m {prog} " + " ".join(
-        f"{k}=..." if o.required else f"[{k}=...]" for k, o in options.items())]
-    for k, o in options.items():
-        lines.append(f"  {k:<12} {o.help}" + ("" if o.required or o.default is None else f" (default {o.default})"))
-    for prefix, text in (prefixes or {}).items():
-        lines.append(f"  {prefix + '*':<12} {text}")
-    return "\n".join(lines)
-
-
-def parse_args(argv: Sequence[str], options: dict[str, Option], prefixes: dict[str, str] | None = None,
-               prog: str = "") -> tuple[dict[str, Any], list[str]]:
-    """`key=value` arguments -> ({key: value}, [prefixed overrides as given]). Values are typed as
-    YAML (1 -> int, true -> bool, null -> None); unknown keys raise ConfigError listing valid ones."""
-    prefixes = prefixes or {}
-    values = {k: o.default for k, o in options.items()}
-    passthrough: list[str] = []
-    for arg in argv:
-        if arg in ("-h", "--help"):
-            print(usage(prog, options, prefixes))
-            sys.exit(0)
-        key, sep, raw = arg.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"bad argument '{arg}': arguments are key=value "
-                              f"(valid keys: {_valid(options, prefixes)})")
-        if any(key.startswith(p) and len(key) > len(p) for p in prefixes):
-            passthrough.append(f"{key}={raw}")
-            continue
-        if key not in options:
-            raise ConfigError(f"unknown key '{key}'; valid keys: {_valid(options, prefixes)}")
-        try:
-            values[key] = OmegaConf.from_dotlist([f"v={raw}"]).v if raw != "" else ""
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"bad value for {key}: {str(e).splitlines()[0]}") from None
-    missing = [k for k, o in options.items() if o.required and values[k] in (None, "")]
-    if missing:
-        raise ConfigError(f"missing {', '.join(f'{k}=...' for k in missing)} (python -m {prog} --help for usage)")
-    return values, passthrough
-
-
-def _valid(options: dict[str, Option], prefixes: dict[str, str]) -> str:
-    return ", ".join([*options, *(p + "<key>" for p in prefixes)])

@@ -14,11 +14,10 @@ import os
 import sys
 from pathlib import Path
 
-from resexp.cli import run_command
+from resexp.cli import Command, Option, run_command
 from resexp.errors import ConfigError
-from resexp.inference import Option, parse_args
 
-OPTIONS = {
+COMMAND = Command("pack", "an image folder or a data set resexp reads as tar shards (data=shards)", {
     "out": Option(None, "the folder to write the shards and manifest.json into (new or empty)", required=True),
     "src": Option(None, "an image folder (<src>/<class>/<image>): the same as data=image_folder data.root=<src>"),
     "data": Option(None, "a data set resexp reads: digits, synthetic, mnist, fashion_mnist, cifar10, cifar100, "
@@ -28,27 +27,27 @@ OPTIONS = {
     "on_bad_file": Option(None, "image folders: error (stop, naming the files) or skip (leave them out, listed "
                                 "in the manifest); default: the data config's (error)"),
     "seed": Option(0, "data=synthetic: the seed its images are generated from"),
-}
-PREFIXES = {"data.": "the data config, e.g. data.root=... data.download=false"}
-PROG = "resexp.pack"
+}, prefixes={"data.": "the data config, e.g. data.root=... data.download=false"})
 
 
 def main(argv: list[str]) -> int:
-    from resexp.config import compose
+    from omegaconf import OmegaConf
+
+    from resexp.config import compose, overridden
     from resexp.data import DATASETS
-    from resexp.data.common import as_cfg
     from resexp.data.packing import from_arrays, from_folder, pack, parse_size
 
-    args, data_overrides = parse_args(argv, OPTIONS, PREFIXES, prog=PROG)
+    args, data_overrides = COMMAND.parse(argv)
     name, src = args["data"], args["src"]
     if name is None and src is None:
         raise ConfigError("give src=<image folder> or data=<name> (python -m resexp.pack --help for usage)")
-    overrides = [f"data={name or 'image_folder'}", *data_overrides]
+    node = compose([f"data={name or 'image_folder'}"]).data  # data.root may be missing (???) until src= sets it
+    data = OmegaConf.to_container(node, resolve=True, throw_on_missing=False, enum_to_str=True)
     if src is not None:
-        overrides.append(f"data.root={src}")
+        data["root"] = str(src)
     if args["on_bad_file"] is not None:
-        overrides.append(f"data.on_bad_file={args['on_bad_file']}")
-    cfg = as_cfg(compose(overrides).data)
+        data["on_bad_file"] = args["on_bad_file"]
+    cfg = overridden("data", data, data_overrides)  # the `data.*` overrides as evaluate and export apply them
     dataset = DATASETS.get(cfg.name)
     if cfg.name == "shards":
         raise ConfigError("data=shards is already packed: pack its source instead")

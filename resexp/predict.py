@@ -16,20 +16,19 @@ from pathlib import Path
 
 import torch
 
-from resexp.cli import run_command
+from resexp.cli import Command, Option, run_command
 from resexp.data.images import IMAGE_EXTENSIONS, image_files, is_image_name
 from resexp.errors import ConfigError, DataError
-from resexp.inference import LoadedRun, Option, load_run
+from resexp.inference import LoadedRun, load_run
 
-OPTIONS = {
+COMMAND = Command("predict", "the top-k classes of images by a run's best model", {
     "run": Option(None, "run directory (holds checkpoints/best.pt) or a best.pt file", required=True),
     "input": Option(None, "an image file or a folder of images", required=True),
     "topk": Option(5, "classes to show per image"),
     "csv": Option(None, "also write the predictions to this CSV file"),
     "device": Option("cpu", "cpu, cuda, cuda:N or auto"),
     "batch_size": Option(64, "images per forward pass"),
-}
-PROG = "resexp.predict"
+})
 
 
 def collect_inputs(path: Path) -> list[Path]:
@@ -71,9 +70,7 @@ def format_topk(path: Path, probs: torch.Tensor, names: list[str], k: int) -> st
 
 
 def main(argv: list[str]) -> int:
-    from resexp.inference import parse_args
-
-    args, _ = parse_args(argv, OPTIONS, prog=PROG)
+    args, _ = COMMAND.parse(argv)
     topk, batch_size = args["topk"], args["batch_size"]
     if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
         raise ConfigError(f"topk={topk} must be a positive integer")

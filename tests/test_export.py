@@ -161,9 +161,9 @@ def test_a_verification_failure_writes_nothing(resnet20, tmp_path, monkeypatch):
 
 def test_errors_are_one_line(resnet20, tmp_path, monkeypatch, capsys):
     code, err = run_cli(monkeypatch, capsys, f"run={tmp_path / 'nope'}")
-    assert code == 2 and err == f"error: run directory not found: {tmp_path / 'nope'}\n"
+    assert code == 2 and err == f"error: export: run directory not found: {tmp_path / 'nope'}\n"
     code, err = run_cli(monkeypatch, capsys, f"run={resnet20}", "format=tflite")
-    assert code == 2 and err == "error: unknown format=tflite; valid formats: onnx\n"
+    assert code == 2 and err == "error: export: unknown format=tflite; valid formats: onnx\n"
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # not installed
     code, err = run_cli(monkeypatch, capsys, f"run={resnet20}")
     assert code == 2 and "onnxruntime" in err and "pip install 'resexp[export]'" in err and err.count("\n") == 1
@@ -177,6 +177,6 @@ def test_an_architecture_that_cannot_export_is_named(exported, tmp_path, monkeyp
 
     monkeypatch.setattr(torch.onnx, "export", fail)
     code, err = run_cli(monkeypatch, capsys, f"run={resnet20}", f"out={tmp_path / 'm.onnx'}")
-    assert code == 2 and err == ("error: model resnet20 (arch=resnet) cannot be exported to ONNX: "
+    assert code == 2 and err == ("error: export: model resnet20 (arch=resnet) cannot be exported to ONNX: "
                                  "RuntimeError: Unsupported operator aten::weird\n")
     assert list(tmp_path.iterdir()) == []

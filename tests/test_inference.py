@@ -167,7 +167,10 @@ def test_evaluate_errors(run_dir):
         evaluate.main([f"run={run_dir}", "split=test"])
     with pytest.raises(ConfigError, match="split=train must be val or test"):
         evaluate.main([f"run={run_dir}", "split=train"])
-    with pytest.raises(ConfigError, match="bad data override"):
+    # a data override is checked as a run's own data config is: the key named, with the set's keys
+    with pytest.raises(ConfigError, match=r"^data.batchsize is not a key of data name=synthetic \(its keys: .*batch"):
         evaluate.main([f"run={run_dir}", "data.batchsize=5"])
+    with pytest.raises(ConfigError, match="^data.batch_size=0 must be a positive integer$"):
+        evaluate.main([f"run={run_dir}", "data.batch_size=0"])
     with pytest.raises(ConfigError, match="unknown key 'model.name'"):
         evaluate.main([f"run={run_dir}", "model.name=x"])

@@ -31,7 +31,7 @@ from resexp.data.images import open_image, pil_to_uint8
 from resexp.data.memory import BatchAugment
 from resexp.data.stream import StreamLoader
 from resexp.data.types import ShardPart
-from resexp.errors import DataError
+from resexp.errors import DataError, error_line
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -93,7 +93,7 @@ def decode_batch(blobs: list[Tensor], device: torch.device, channels: int, size:
         try:
             decoded = jpeg_decoder()[1]([blobs[i] for i in jpeg], mode, device)
         except RuntimeError as e:
-            raise DataError(f"a JPEG in this batch does not decode ({str(e).splitlines()[0]}): the start-up check "
+            raise DataError(f"a JPEG in this batch does not decode ({error_line(e, name=False)}): the start-up check "
                             "passed it, so it changed since; restore it") from None
         for i, x in zip(jpeg, decoded, strict=True):
             out[i] = x

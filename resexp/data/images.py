@@ -28,7 +28,7 @@ import torch
 from PIL import Image, ImageFile
 from torch import Tensor
 
-from resexp.errors import DataError
+from resexp.errors import DataError, error_line
 
 log = logging.getLogger("resexp.data")
 
@@ -228,10 +228,9 @@ def _check(path: Path, channels: int) -> str | None:
         open_image(path, channels, _SCAN_DRAFT)
         return None
     except Exception as e:  # noqa: BLE001 - any failure to decode makes the file unusable
-        text = str(e).splitlines()[0] if str(e) else ""
         if os.path.getsize(path) == 0:
-            text = "empty file (0 bytes)"
-        return f"{type(e).__name__}: {text}" if text else type(e).__name__
+            return f"{type(e).__name__}: empty file (0 bytes)"
+        return error_line(e, limit=None)
 
 
 def find_bad_images(paths: Sequence[Path], channels: int, threads: int | None = None) -> list[tuple[Path, str]]:

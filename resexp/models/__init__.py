@@ -16,19 +16,20 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from resexp.config import check, checked, compose, conf_dir, one_line, schema_of, to_plain, typed
+from resexp.config import check, checked, compose, composition_message, conf_dir, schema_of, to_plain, typed
 from resexp.errors import ConfigError
 from resexp.models.baselines import VGG13, LeNet5
 from resexp.models.blocks import BLOCKS
+from resexp.models.layer_table import count_buffers, count_params, model_summary, summary_text
 from resexp.models.pretrained import load_backbone, load_pretrained, pretrained_state_dict
 from resexp.models.resnet import ResNet
 from resexp.models.stems import STEMS
-from resexp.models.summary import count_buffers, count_params, model_summary
 from resexp.registry import Registry
 from resexp.schemas import ModelConfig
 
 __all__ = ["ARCHS", "BLOCKS", "STEMS", "LeNet5", "ResNet", "VGG13", "build_model", "count_buffers",
-           "count_params", "create", "list_models", "load_pretrained", "model_config", "model_summary"]
+           "count_params", "create", "list_models", "load_pretrained", "model_config", "model_summary",
+           "summary_text"]
 
 # builder(cfg, num_classes, in_channels, image_size) -> nn.Module
 ARCHS: Registry[Any] = Registry("arch")
@@ -126,7 +127,7 @@ def model_config(name: str, **kwargs: Any) -> ModelConfig:
     try:
         node = OmegaConf.merge(OmegaConf.structured(schema_of("model", option)), option, values)
     except OmegaConfBaseException as e:
-        raise ConfigError(one_line(e, prefix="model.", owner=f"model={name}")) from None
+        raise ConfigError(composition_message(e, prefix="model.", owner=f"model={name}")) from None
     return checked(node)
 
 

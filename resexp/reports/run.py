@@ -92,7 +92,7 @@ def prefetch() -> None:
 
     def load() -> None:
         try:
-            from resexp.reports import export, figures, metrics, model_summary  # noqa: F401
+            from resexp.reports import export, figures, metrics  # noqa: F401
         except Exception:  # noqa: BLE001 - the report imports them again, and says what failed
             pass
 
@@ -123,7 +123,7 @@ def _prediction_grid(trainer, probs: torch.Tensor, targets: torch.Tensor, names:
 
 
 def _write_summary(trainer, model) -> None:
-    from resexp.reports.model_summary import summary_text
+    from resexp.models import summary_text
 
     f = trainer.facts
     text = summary_text(model, f.name, f.num_classes, f.in_channels, f.image_size)

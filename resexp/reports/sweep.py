@@ -1,8 +1,8 @@
-"""The sweep report (`python -m resexp.report DIR [DIR ...]`) for a sweep directory or any set of run
-directories (every `metrics.json` below them).
+"""The sweep report for a sweep directory or any set of run directories (every `metrics.json` below
+them): written when a sweep ends (resexp/sweeps/multirun.py) and by `python -m resexp.report`.
 
 Writes `sweep_summary.csv`, `sweep_summary.md` and `sweep_val_acc.png` (validation accuracy per epoch,
-one line per job) into the sweep directory (one DIR) or `--out`. When the runs hold plain/residual pairs
+one line per job) into the given directory. When the runs hold plain/residual pairs
 that differ only in `model/block` (experiment=degradation), the report adds the training-error gap:
 final training error of the plain network minus that of the residual one, per network, and
 `sweep_train_error.png`.
@@ -10,7 +10,6 @@ final training error of the plain network minus that of the residual one, per ne
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import json
@@ -346,23 +345,3 @@ def build_report(jobs: list[Job], out_dir: Path, root: Path | None = None) -> li
         plots.append(IMPORTANCE_PLOT_NAME)
     paths[1].write_text(markdown(jobs, str(root or out_dir), gaps, plots, search))
     return paths + [out_dir / p for p in plots]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m resexp.report",
-        description="Summarise a sweep directory or a set of run directories: sweep_summary.csv/.md and a plot "
-                    "of validation accuracy per epoch.")
-    parser.add_argument("dirs", nargs="+", type=Path,
-                        help="a sweep directory, run directories, or any folder above them")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the report (default: the directory given, when there is one)")
-    args = parser.parse_args(argv)
-    jobs = collect_jobs(args.dirs)
-    if args.out is None and len(args.dirs) > 1:
-        raise ReportError("several directories given: say where the report goes with --out DIR")
-    out = args.out or args.dirs[0]
-    paths = build_report(jobs, out, root=args.dirs[0] if len(args.dirs) == 1 else out)
-    print(paths[1].read_text(), end="")
-    print(f"\nwrote {', '.join(str(p) for p in paths)}")
-    return 0

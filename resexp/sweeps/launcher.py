@@ -113,7 +113,7 @@ class Pool:
             self.stop(str(e) or "SIGINT")
 
     def stop(self, why: str):
-        from resexp.sweep import INTERRUPTED_EXIT, sweep_stopped
+        from resexp.sweeps.multirun import INTERRUPTED_EXIT, sweep_stopped
 
         log.error(f"sweep stopped ({why}): running jobs save last.pt; run the same command again to continue")
         with stoppable():

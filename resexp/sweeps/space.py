@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from resexp.errors import ConfigError
+from resexp.errors import ConfigError, error_line
 
 
 def parse(params: Mapping[str, object], arguments: Sequence[str]) -> tuple[dict, list[str]]:
@@ -25,7 +25,7 @@ def parse(params: Mapping[str, object], arguments: Sequence[str]) -> tuple[dict,
     try:
         overrides = OverridesParser.create().parse_overrides(lines)
     except HydraException as e:
-        raise ConfigError(f"hydra.sweeper.params: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"hydra.sweeper.params: {error_line(e, name=False)}") from None
     space, fixed = {}, []
     for o in overrides:
         if o.is_sweep_override():

@@ -3,7 +3,7 @@ the name of its section of the config (`logger.mlflow`, `logger.wandb`). RunLogg
 calls them, on rank 0 only, so the trainer talks to one object.
 
 A tracker records a run (`start` ... `finish`); a sweep's jobs are grouped under the sweep
-(`sweep_started` / `sweep_ended`, called by resexp/sweep.py's Hydra callback, keep what the jobs need
+(`sweep_started` / `sweep_ended`, called by resexp/sweeps/multirun.py's Hydra callback, keep what the jobs need
 in the sweep directory's trackers.json). Each tracker imports its library only when used, so the
 command line's `--help` and `--cfg job` stay fast.
 """

@@ -18,8 +18,8 @@ from resexp.config import checked, to_plain
 from resexp.data import build_data
 from resexp.errors import CheckpointError, ConfigError, error_line
 from resexp.models import build_model
+from resexp.models.layer_table import count_params
 from resexp.models.pretrained import check_pretrained, existing_file, load_backbone, read_state_dict
-from resexp.models.summary import count_params
 from resexp.reports.run import prefetch, write_run_report
 from resexp.runs import RunFacts, RunPaths, claim_run_dir, outputs_root, release_run_dir
 from resexp.trackers import TrackedRun, build_trackers, check_trackers, current_sweep

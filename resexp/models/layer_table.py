@@ -1,4 +1,5 @@
-"""A Keras-style model summary: one row per executed layer, then parameter totals."""
+"""A network's layer table (Keras-style: one row per executed layer, then parameter totals) and its
+parameter counts; `python -m resexp.summary` prints it, every run writes it to model_summary.txt."""
 
 from __future__ import annotations
 
@@ -74,3 +75,10 @@ def model_summary(model: nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224
         f"buffers: BN running statistics)",
         f"Parameters (torch, without buffers): {params:,}",
     ])
+
+
+def summary_text(model: nn.Module, name: str, num_classes: int, in_channels: int, image_size: int) -> str:
+    """A header naming the network and its input, then model_summary's table."""
+    shape = (1, in_channels, image_size, image_size)
+    return (f"{name}: {num_classes} classes, input {list(shape[1:])} (channels, height, width)\n"
+            + model_summary(model, shape))

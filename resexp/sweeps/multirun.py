@@ -215,6 +215,7 @@ class SweepCallback(Callback):
                 exit_with_error(e)
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
+        from resexp.cli import print_error
         from resexp.trackers import end_sweep
 
         if not is_main_process():
@@ -228,8 +229,7 @@ class SweepCallback(Callback):
         failed = [j for j in jobs if j.status not in ("completed", "pruned")]
         end_sweep(config.get("logger"), sweep_dir, "failed" if failed or REFUSED else "completed")
         if REFUSED:
-            print(f"error: {len(REFUSED)} sweep job(s) were not run: {'; '.join(REFUSED)}", file=sys.stderr)
-            sys.stderr.flush()
+            print_error(f"{len(REFUSED)} sweep job(s) were not run: {'; '.join(REFUSED)}")
             REFUSED.clear()
             if not failed:
                 raise SystemExit(1)
@@ -239,7 +239,6 @@ class SweepCallback(Callback):
             _, own = split_overrides(jobs)
             listing = "; ".join(f"#{j.name} ({' '.join(own[j.name]) or 'no overrides'}): {j.status}"
                                 + (f" - {j.error}" if j.error else "") for j in failed)
-            print(f"error: {len(failed)} of {len(jobs)} sweep jobs did not complete: {listing}. "
-                  f"Report: {sweep_dir / 'sweep_summary.md'}", file=sys.stderr)
-            sys.stderr.flush()
+            print_error(f"{len(failed)} of {len(jobs)} sweep jobs did not complete: {listing}. "
+                        f"Report: {sweep_dir / 'sweep_summary.md'}")
             raise SystemExit(1)
