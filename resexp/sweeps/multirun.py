@@ -81,9 +81,7 @@ def run_sweep_job(cfg, run: Callable[..., float]) -> float:
 
 
 def _run_job(cfg, run: Callable[..., float], run_dir: Path, num: int, overrides: list[str]) -> float:
-    from omegaconf import open_dict
-
-    from resexp.sweeps.jobs import KEPT, clear_partial, earlier, record
+    from resexp.sweeps.jobs import record
     from resexp.sweeps.pool import worker_slot
     from resexp.sweeps.trial import Pruned, objective, trial_for_job
     from resexp.train.signals import Interrupted
@@ -93,21 +91,9 @@ def _run_job(cfg, run: Callable[..., float], run_dir: Path, num: int, overrides:
     trial = None
     try:
         trial = trial_for_job(cfg)
-        before = earlier(run_dir, overrides)
-        if before.status in KEPT:  # the same job ended in an earlier run of this sweep
-            log.info(f"job #{num} {before.status} in an earlier run of this sweep: kept ({run_dir})")
-            if trial is not None:
-                trial.tell(before.status, objective(before.metrics or {}, trial.monitor))
-            best = (before.metrics or {}).get("best") or {}
-            return float(best["val_acc"]) if best.get("val_acc") is not None else float("nan")
-        if before.status is not None:  # stopped: continue from its own last.pt, or start afresh
-            if before.resumable:
-                cfg = copy.deepcopy(cfg)
-                with open_dict(cfg):
-                    cfg.trainer.resume = str(run_dir)
-                log.info(f"job #{num} was stopped ({before.status}): it resumes from its last.pt")
-            elif is_main_process():
-                clear_partial(run_dir)
+        cfg, kept = _after_earlier_run(cfg, run_dir, num, overrides, trial)
+        if kept is not None:
+            return kept
         if is_main_process():
             record(run_dir, overrides, str(cfg.trainer.device), worker_slot())
         value = run(cfg, on_validated=[trial.on_validated]) if trial is not None else run(cfg)
@@ -142,17 +128,49 @@ def _run_job(cfg, run: Callable[..., float], run_dir: Path, num: int, overrides:
             trial.tell("completed", objective(_read_metrics(run_dir), trial.monitor))
         return value
 
+    _record_failure(failure, run_dir, num, trial, wall())
+    del failure
+    _free_memory()
+    return float("nan")
+
+
+def _after_earlier_run(cfg, run_dir: Path, num: int, overrides: list[str], trial) -> tuple[Any, float | None]:
+    """What an earlier run of this sweep left in the job's directory decides how it runs now: a job that
+    ended is kept (returns its value), a stopped one resumes from its own last.pt (returns the config
+    with trainer.resume) or, without one, starts afresh on a cleared directory."""
+    from omegaconf import open_dict
+
+    from resexp.sweeps.jobs import KEPT, clear_partial, earlier
+    from resexp.sweeps.trial import objective
+
+    before = earlier(run_dir, overrides)
+    if before.status in KEPT:
+        log.info(f"job #{num} {before.status} in an earlier run of this sweep: kept ({run_dir})")
+        if trial is not None:
+            trial.tell(before.status, objective(before.metrics or {}, trial.monitor))
+        best = (before.metrics or {}).get("best") or {}
+        return cfg, float(best["val_acc"]) if best.get("val_acc") is not None else float("nan")
+    if before.status is not None:
+        if before.resumable:
+            cfg = copy.deepcopy(cfg)
+            with open_dict(cfg):
+                cfg.trainer.resume = str(run_dir)
+            log.info(f"job #{num} was stopped ({before.status}): it resumes from its last.pt")
+        elif is_main_process():
+            clear_partial(run_dir)
+    return cfg, None
+
+
+def _record_failure(failure: BaseException, run_dir: Path, num: int, trial, wall_s: float) -> None:
+    """A failed job: its trial told, the traceback in error.log, metrics.json says failed; the sweep goes on."""
     line = error_line(failure)
     if trial is not None:
         trial.tell("failed")
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         RunPaths(run_dir).error_log.write_text("".join(traceback.format_exception(failure)))
-        write_metrics(run_dir, {"status": "failed", "error": line, "wall_s": wall()}, merge=True)
+        write_metrics(run_dir, {"status": "failed", "error": line, "wall_s": wall_s}, merge=True)
         log.error(f"job #{num} failed: {line} (traceback in {RunPaths(run_dir).error_log}); the sweep goes on")
-    del failure
-    _free_memory()
-    return float("nan")
 
 
 def _read_metrics(run_dir: Path) -> dict:
