@@ -14,6 +14,8 @@ set_epoch(epoch, start_batch) resumes mid-epoch on exactly the batches an uninte
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from PIL import Image
 from torch import Tensor
@@ -68,56 +70,54 @@ def build_data(cfg, *, device: torch.device | str = "cpu", seed: int = 0, rank: 
         path = "memory" if isinstance(source, ArraySource) else "stream"
     if path == "memory" and isinstance(source, (FileSource, ShardSource)):
         source = decode_files(source, cfg, device)
-    eval_bs = int(cfg.eval_batch_size or 2 * cfg.batch_size)
-    info = source.info
-    common = dict(seed=seed, rank=rank, world_size=world_size)
-
     decoder = str(cfg.get("decode", "pil"))
-    device_decode = decoder == "device"
     # (pil / torchvision: how the streaming path decodes; data.loader=memory decodes once, with PIL)
-    if device_decode and (path != "stream" or not isinstance(source, (FileSource, ShardSource))):
+    if decoder == "device" and (path != "stream" or not isinstance(source, (FileSource, ShardSource))):
         raise ConfigError(f"data.decode=device decodes image files and shards while training; data={cfg.name} "
                           f"with data.loader={cfg.loader} has nothing to decode: pass data.decode=torchvision or pil")
-    if path == "memory":
-        def make(pair, train):
-            x, y = pair
-            return MemoryLoader(x.to(device), y.to(device), batch_size=cfg.batch_size if train else eval_bs,
-                                train=train, image_size=info.image_size, mean=info.mean, std=info.std,
-                                augment_cfg=cfg.augment, shuffle=cfg.shuffle if train else False, **common)
-    elif device_decode:
-        from resexp.data.device_decode import BytesDataset, DeviceDecodeLoader, collate
-
-        def make(part, train):
-            ds = BytesDataset(part)
-            stream = StreamLoader(ds, batch_size=cfg.batch_size if train else eval_bs, train=train,
-                                  shuffle=cfg.shuffle if train else False, num_workers=cfg.num_workers,
-                                  pin_memory=False, collate_fn=collate, **common)
-            return DeviceDecodeLoader(stream, device, info.in_channels, info.image_size, info.mean, info.std,
-                                      cfg.augment if train else None, seed, rank)
-    else:
-        from resexp.data.augment import stream_transform
-
-        pin = device.type == "cuda" and torch.cuda.is_available()
-
-        def make(part, train):
-            pil = isinstance(source, (FileSource, ShardSource)) and decoder == "pil"
-            transform, draft = stream_transform(cfg, info.mean, info.std, train=train, pil=pil)
-            if isinstance(source, FileSource):
-                ds = FileDataset(part, transform, info.in_channels, draft, tensors=not pil)
-            elif isinstance(source, ShardSource):
-                ds = ShardDataset(part, transform, info.in_channels, draft, tensors=not pil)
-            else:
-                ds = TensorDataset(part[0], part[1], transform)
-            return StreamLoader(ds, batch_size=cfg.batch_size if train else eval_bs, train=train,
-                                shuffle=cfg.shuffle if train else False, num_workers=cfg.num_workers,
-                                pin_memory=pin, **common)
-
+    factory = _memory_loader if path == "memory" else _device_decode_loader if decoder == "device" else _stream_loader
+    make = functools.partial(factory, cfg=cfg, info=source.info, device=device, source=source,
+                             eval_bs=int(cfg.eval_batch_size or 2 * cfg.batch_size),
+                             common=dict(seed=seed, rank=rank, world_size=world_size))
     train = make(source.train, True)
     val = make(source.val, False)
     test = None
     if source.test is not None:
         test = val if source.test is source.val else make(source.test, False)
-    return DataBundle(info=info, train=train, val=val, test=test, split=source.split, skipped=source.skipped)
+    return DataBundle(info=source.info, train=train, val=val, test=test, split=source.split, skipped=source.skipped)
+
+
+def _memory_loader(pair, train: bool, *, cfg, info, device, eval_bs, source, common):
+    x, y = pair
+    return MemoryLoader(x.to(device), y.to(device), batch_size=cfg.batch_size if train else eval_bs, train=train,
+                        image_size=info.image_size, mean=info.mean, std=info.std, augment_cfg=cfg.augment,
+                        shuffle=cfg.shuffle if train else False, **common)
+
+
+def _device_decode_loader(part, train: bool, *, cfg, info, device, eval_bs, source, common):
+    from resexp.data.device_decode import BytesDataset, DeviceDecodeLoader, collate
+
+    stream = StreamLoader(BytesDataset(part), batch_size=cfg.batch_size if train else eval_bs, train=train,
+                          shuffle=cfg.shuffle if train else False, num_workers=cfg.num_workers, pin_memory=False,
+                          collate_fn=collate, **common)
+    return DeviceDecodeLoader(stream, device, info.in_channels, info.image_size, info.mean, info.std,
+                              cfg.augment if train else None, common["seed"], common["rank"])
+
+
+def _stream_loader(part, train: bool, *, cfg, info, device, eval_bs, source, common):
+    from resexp.data.augment import stream_transform
+
+    pil = isinstance(source, (FileSource, ShardSource)) and str(cfg.get("decode", "pil")) == "pil"
+    transform, draft = stream_transform(cfg, info.mean, info.std, train=train, pil=pil)
+    if isinstance(source, FileSource):
+        ds = FileDataset(part, transform, info.in_channels, draft, tensors=not pil)
+    elif isinstance(source, ShardSource):
+        ds = ShardDataset(part, transform, info.in_channels, draft, tensors=not pil)
+    else:
+        ds = TensorDataset(part[0], part[1], transform)
+    return StreamLoader(ds, batch_size=cfg.batch_size if train else eval_bs, train=train,
+                        shuffle=cfg.shuffle if train else False, num_workers=cfg.num_workers,
+                        pin_memory=device.type == "cuda" and torch.cuda.is_available(), **common)
 
 
 def preprocess_image(image: Image.Image, cfg) -> Tensor:
