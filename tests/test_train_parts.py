@@ -13,7 +13,8 @@ from torch import nn
 
 from resexp.config import compose
 from resexp.errors import CheckpointError
-from resexp.runs import RunFacts, RunPaths, write_metrics
+from resexp.records.facts import RunFacts
+from resexp.runs import RunPaths, write_metrics
 from resexp.train import evaluation, run
 from resexp.train.state import Monitor, TrainingState
 
