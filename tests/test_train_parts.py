@@ -121,13 +121,13 @@ def test_finetune_from_and_model_pretrained_reject_the_same_file_with_the_same_m
     assert "layer2.0.conv1.weight" in messages["model.pretrained"]  # the mismatched tensor, by name
 
 
-# --- the run directory: facts and the one metrics.json writer ------------------------------------------
+# --- the run directory: facts (tests/test_records.py) and the one metrics.json writer ---------------------
 def test_run_facts_are_the_checkpoints_meta():
     facts = RunFacts(name="resnet20", num_classes=3, in_channels=1, image_size=8, class_names=["a", "b"],
                      mean=None, std=None, params=10)
-    assert RunFacts.from_dict(facts.as_dict()) == facts
+    assert RunFacts.from_meta(facts.to_meta()) == facts
     assert facts.labels == ["0", "1", "2"]  # names for only some classes: indices instead
-    assert RunFacts.from_dict({"num_classes": 2, "in_channels": 3, "image_size": 4}).input_shape == (3, 4, 4)
+    assert RunFacts.from_meta({"num_classes": 2, "in_channels": 3, "image_size": 4}).input_shape == (3, 4, 4)
 
 
 def test_metrics_json_has_one_writer_for_training_and_sweep_jobs(tmp_path, monkeypatch):
