@@ -1,5 +1,6 @@
 """One training job, as a sequence of named steps: resolve the resume, build data and model, prepare
-the run directory, fit, report (best.pt re-evaluated, the run report, metrics.json).
+the run directory, build the Trainer with its callbacks (checkpoints, tracking, best.pt re-evaluated, the
+run report, metrics.json, logging, the user's), fit.
 
 The config the caller passed is never written into: what the data adds (class count, channels)
 goes into a copy, the run's config, that checkpoints and TensorBoard keep."""
@@ -72,19 +73,15 @@ def run(cfg: DictConfig, run_dir: Path | None = None, on_validated=(), callbacks
         resume_path = resolve_resume(cfg, composed, paths, env)
         run_cfg, data, model, facts = build(cfg, env, finetune=resume_path is None)
         prepare_run_dir(paths, composed, data, facts, env, cfg.data.name)
-        loggers = cfg.get("logger")
         logger = RunLogger(paths.root, enabled=env.is_main, config=run_cfg, resumed=resume_path is not None,
-                           tensorboard=loggers is None or loggers.get("tensorboard") is not None,
-                           trackers=build_trackers(loggers) if env.is_main else [])
-        try:
-            user = [*callbacks, *([OnValidated(on_validated)] if on_validated else [])]
-            trainer = Trainer(settings, model, data, env, paths, facts,
-                              checkpoints=Checkpoints(paths, to_plain(run_cfg), facts, write=env.is_main),
-                              callbacks=run_callbacks(run_cfg, env, paths, resume_path, logger, user),
-                              progress=shows_progress(env.is_main, cfg.trainer.progress))
-            return fit_and_report(trainer, resume_path)
-        finally:
-            logger.close()
+                           tensorboard=cfg.get("logger") is None or cfg.logger.get("tensorboard") is not None,
+                           trackers=build_trackers(cfg.get("logger")) if env.is_main else [])
+        user = [*callbacks, *([OnValidated(on_validated)] if on_validated else [])]
+        trainer = Trainer(settings, model, data, env, paths, facts,
+                          checkpoints=Checkpoints(paths, to_plain(run_cfg), facts, write=env.is_main),
+                          callbacks=run_callbacks(run_cfg, resume_path, logger, user),
+                          progress=shows_progress(env.is_main, cfg.trainer.progress))
+        return fit_and_report(trainer, resume_path, logger)
     finally:
         if claimed:
             release_run_dir(paths.root)
@@ -182,8 +179,8 @@ class StartTracking(Callback):
         provenance.record(paths, info, self.logger.start(tracked), self.resume_path)
 
 
-def run_callbacks(cfg: DictConfig, env: Env, paths: RunPaths, resume_path: Path | None, logger: RunLogger,
-              user: Sequence[Callback]) -> list[Callback]:
+def run_callbacks(cfg: DictConfig, resume_path: Path | None, logger: RunLogger,
+                  user: Sequence[Callback]) -> list[Callback]:
     """What the run does around its loop, in the order the Trainer calls them (after the checkpoints):
     at the end best.pt re-evaluated, the run report, metrics.json, then the trackers' end; the user's last."""
     steps = [StartTracking(logger, cfg, resume_path), FinalEvaluation(collect=cfg.trainer.report)]
@@ -193,15 +190,18 @@ def run_callbacks(cfg: DictConfig, env: Env, paths: RunPaths, resume_path: Path 
     return [*steps, MetricsFile(**resumed), logger, *user]
 
 
-def fit_and_report(trainer: Trainer, resume_path: Path | None) -> float:
+def fit_and_report(trainer: Trainer, resume_path: Path | None, logger: RunLogger) -> float:
     """Resume if asked, then fit: train, re-evaluate best.pt, write the run report; metrics.json says how
     it ended (completed, failed or interrupted: stopped.py)."""
-    if resume_path is not None:
-        trainer.resume(resume_path)
-        s = trainer.result.state
-        if trainer.env.is_main:
-            log.info(f"resumed from {resume_path} at epoch {s.epoch + 1}, batch {s.batch}")
-    if trainer.result.report and trainer.env.is_main:
-        prefetch()
-    with stop_at_once():  # outside fit's own handling (finish the step, save last.pt) a signal stops at once
-        return trainer.fit().final["val_acc"]
+    try:
+        if resume_path is not None:
+            trainer.resume(resume_path)
+            s = trainer.result.state
+            if trainer.env.is_main:
+                log.info(f"resumed from {resume_path} at epoch {s.epoch + 1}, batch {s.batch}")
+        if trainer.result.report and trainer.env.is_main:
+            prefetch()
+        with stop_at_once():  # outside fit's own handling (finish the step, save last.pt) a signal stops at once
+            return trainer.fit().final["val_acc"]
+    finally:
+        logger.close()  # also when a second signal skipped the trackers' end

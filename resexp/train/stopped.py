@@ -39,11 +39,27 @@ def _when(path: Path, held: dict) -> str:
     return position(held.get("epoch", 0), held.get("batch", 0))
 
 
+def _signalled(e: KeyboardInterrupt, result: RunResult, best: dict | None, last: dict | None) -> Interrupted:
+    """A signal that stopped the run at once: where last.pt is from, or what of the run is not complete."""
+    paths, run_dir, stage = result.paths, result.paths.root, result.stage
+    name = signal.Signals(e.signum).name if isinstance(e, StopNow) else "SIGINT"
+    if stage == TRAINING:
+        return Interrupted(f"stopped at once by a second {name}; " + (
+            f"last.pt is from {_when(paths.last, last)}. {resume_hint(run_dir)}" if last else
+            "no last.pt was written yet"))
+    missing = [EVALUATION] if stage == EVALUATION else []
+    missing += [REPORT] if result.report else []
+    return Interrupted(
+        f"stopped by {name} after training, during {stage}: training is complete (last.pt "
+        f"{_when(paths.last, last or {})}, best.pt {_when(paths.best, best or {})}); not complete: "
+        f"{' and '.join(missing)}. To write it: python -m resexp <same overrides> trainer.resume={run_dir}")
+
+
 def record_stop(result: RunResult, e: BaseException) -> tuple[str, BaseException]:
     """Write metrics.json for a run that `e` stopped during `result.stage`; returns the status written
     there (interrupted, pruned or failed) and the error to raise: a one-line Interrupted for a signal, a
     DiskFullError that says what is intact, or `e` itself."""
-    paths, run_dir, stage = result.paths, result.paths.root, result.stage
+    paths, run_dir = result.paths, result.paths.root
     best, last = (_held(p) if result.is_main else None for p in (paths.best, paths.last))
     status, error = "failed", e
     if isinstance(e, Pruned):
@@ -51,19 +67,7 @@ def record_stop(result: RunResult, e: BaseException) -> tuple[str, BaseException
     elif isinstance(e, Interrupted):  # the first signal in training: last.pt was saved, and the line says so
         status = "interrupted"
     elif isinstance(e, KeyboardInterrupt):
-        name = signal.Signals(e.signum).name if isinstance(e, StopNow) else "SIGINT"
-        status = "interrupted"
-        if stage == TRAINING:
-            error = Interrupted(f"stopped at once by a second {name}; " + (
-                f"last.pt is from {_when(paths.last, last)}. {resume_hint(run_dir)}" if last else
-                "no last.pt was written yet"))
-        else:
-            missing = [EVALUATION] if stage == EVALUATION else []
-            missing += [REPORT] if result.report else []
-            error = Interrupted(
-                f"stopped by {name} after training, during {stage}: training is complete (last.pt "
-                f"{_when(paths.last, last or {})}, best.pt {_when(paths.best, best or {})}); not complete: "
-                f"{' and '.join(missing)}. To write it: python -m resexp <same overrides> trainer.resume={run_dir}")
+        status, error = "interrupted", _signalled(e, result, best, last)
     elif isinstance(e, DiskFullError):
         path = Path(e.path)
         held = {paths.best: best, paths.last: last}.get(path, {})  # other files: metrics.json, the report's

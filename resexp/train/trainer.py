@@ -14,13 +14,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-
 from tqdm.auto import tqdm
 
 from resexp.errors import ResexpError
@@ -176,8 +175,7 @@ class Trainer:
         logged: list[tuple[int, torch.Tensor]] = []
         accumulate = self.tcfg.accumulate
         images = 0
-        bar = tqdm(total=n_batches, initial=s.batch, desc=f"epoch {epoch + 1}/{self.tcfg.epochs}", leave=False,
-                   disable=not self.progress, unit="batch", dynamic_ncols=True)
+        bar = self._progress_bar(n_batches, s.batch, epoch)
         for i, (x, y) in enumerate(loader, start=s.batch):
             if i >= n_batches:
                 break
@@ -289,6 +287,10 @@ class Trainer:
     def train_batches(self) -> int:
         n = len(self.data.train)
         return min(n, self.tcfg.limit_train_batches) if self.tcfg.limit_train_batches else n
+
+    def _progress_bar(self, total: int, initial: int, epoch: int):
+        return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{self.tcfg.epochs}", leave=False,
+                    disable=not self.progress, unit="batch", dynamic_ncols=True)
 
     def _to_device(self, x, y):
         x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
