@@ -13,6 +13,7 @@ from torch import nn
 
 from resexp.config import compose
 from resexp.errors import CheckpointError
+from resexp.records.epoch import EpochRecord
 from resexp.records.facts import RunFacts
 from resexp.runs import RunPaths, write_metrics
 from resexp.train import evaluation, run
@@ -25,8 +26,8 @@ TINY = [
 ]
 
 
-def row(epoch: int, acc: float, loss: float) -> dict:
-    return {"epoch": epoch, "val_acc": acc, "val_loss": loss, "val_acc5": 1.0, "train_loss": 1.0, "train_acc": 0.5}
+def row(epoch: int, acc: float, loss: float) -> EpochRecord:
+    return EpochRecord(epoch=epoch, val_acc=acc, val_loss=loss, val_acc5=1.0, train_loss=1.0, train_acc=0.5)
 
 
 # --- TrainingState and Monitor ----------------------------------------------------------------------
@@ -55,7 +56,8 @@ def test_monitor_tracks_the_best_and_stops_after_patience():
     assert m.update(row(2, 0.7, 0.9)) and m.best["epoch"] == 2
     assert not m.update(row(3, 0.7, 0.8)) and not m.should_stop  # equal is not better
     assert not m.update(row(4, 0.6, 0.7)) and m.should_stop
-    assert m.best == row(2, 0.7, 0.9)
+    assert m.best == row(2, 0.7, 0.9).best() == {"epoch": 2, "val_loss": 0.9, "val_acc": 0.7, "val_acc5": 1.0,
+                                                 "train_loss": 1.0, "train_acc": 0.5}
 
     by_loss = Monitor("val_loss", patience=None)
     by_loss.update(row(1, 0.9, 1.0))
