@@ -110,10 +110,10 @@ def compose_case(case: Case, dev: str, device: torch.device, variant: tuple, bat
 
 
 def build_resexp(cfg, device: torch.device):
+    from resexp.config import checked
     from resexp.data import build_data
     from resexp.models import build_model
     from resexp.models.summary import count_params
-    from resexp.config import checked
     from resexp.records.facts import RunFacts
     from resexp.runs import RunPaths
     from resexp.train.environment import Env, configure_determinism, resolve_device, seed_everything

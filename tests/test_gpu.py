@@ -39,9 +39,9 @@ def metrics(run_dir: Path) -> dict:
 
 def build_trainer(overrides: list[str]):
     """A Trainer exactly as resexp.train.run builds one, without the run's logging and checkpoints."""
+    from resexp.config import checked
     from resexp.data import build_data
     from resexp.models import build_model
-    from resexp.config import checked
     from resexp.records.facts import RunFacts
     from resexp.runs import RunPaths
     from resexp.train.environment import configure_determinism, seed_everything, setup
