@@ -110,10 +110,12 @@ def compose_case(case: Case, dev: str, device: torch.device, variant: tuple, bat
 
 
 def build_resexp(cfg, device: torch.device):
+    from resexp.config import checked
     from resexp.data import build_data
     from resexp.models import build_model
     from resexp.models.layer_table import count_params
-    from resexp.runs import RunFacts
+    from resexp.records.facts import RunFacts
+    from resexp.runs import RunPaths
     from resexp.train.environment import Env, configure_determinism, resolve_device, seed_everything
     from resexp.train.trainer import Trainer
 
@@ -126,7 +128,7 @@ def build_resexp(cfg, device: torch.device):
                         image_size=info.image_size)
     facts = RunFacts.from_data(cfg.model.name, info, count_params(model))
     run_dir = Path(tempfile.mkdtemp(prefix="resexp-bench-"))
-    return Trainer(cfg, model, data, Env(device=device), run_dir, facts), data, model
+    return Trainer(checked(cfg), model, data, Env(device=device), RunPaths(run_dir), facts), data, model
 
 
 class Reference:

@@ -23,7 +23,7 @@ from resexp.data.images import image_files
 from resexp.errors import ConfigError, DataError, ResexpError, error_line
 from resexp.files import atomic_write
 from resexp.inference import LoadedRun, load_run
-from resexp.reports.export import model_card, write_card
+from resexp.reports.export import write_card
 
 COMMAND = Command("export", "a run's best model as ONNX, checked against PyTorch by onnxruntime", {
     "run": Option(None, "run directory (holds checkpoints/best.pt) or a best.pt file", required=True),
@@ -58,7 +58,7 @@ def require(*modules: str) -> None:
 
 def onnx_card(run: LoadedRun, out: Path) -> dict:
     """model.json's card for the ONNX file: preprocessing, class names, the graph's input and output."""
-    card = model_card(run.config, run.meta, run.best, weights=out.name)
+    card = run.facts.card(run.config, run.best, weights=out.name)
     c, s, _ = run.input_shape
     tta = bool((run.config.get("trainer") or {}).get("tta_flip", False))
     card.update({
@@ -86,7 +86,7 @@ def export_proto(run: LoadedRun):
                                     output_names=[OUTPUT], dynamic_shapes=({0: "batch"},), verbose=False)
     except Exception as e:  # the exporter raises many types (torch.export, onnxscript, unsupported ops)
         arch = run.config.get("model", {}).get("arch")
-        raise ResexpError(f"model {run.meta.get('name')} (arch={arch}) cannot be exported to ONNX: "
+        raise ResexpError(f"model {run.facts.name} (arch={arch}) cannot be exported to ONNX: "
                           f"{error_line(e)}") from e
     return program.model_proto
 
@@ -159,7 +159,7 @@ def export_onnx(run: LoadedRun, out: Path, verify: bool = True, images: str | No
         print(f"verified with onnxruntime on {len(x)} images: max relative logit difference {diff:.2e}"
               f" (tolerance {TOLERANCE:g})")
         if not diff <= TOLERANCE:  # also catches NaN
-            raise ResexpError(f"ONNX export of {run.meta.get('name')} disagrees with PyTorch: max relative "
+            raise ResexpError(f"ONNX export of {run.facts.name} disagrees with PyTorch: max relative "
                                   f"logit difference {diff:.2e} > {TOLERANCE:g}; nothing written")
         card["verified"] = {"images": len(x), "max_relative_difference": diff, "tolerance": TOLERANCE}
     import onnx
@@ -187,8 +187,8 @@ def main(argv: list[str]) -> int:
     default_dir = run.run_dir if run.run_dir is not None else run.checkpoint.parent
     out = Path(str(args["out"])).expanduser() if args["out"] else default_dir / "best.onnx"
     export_onnx(run, out, verify=args["verify"], images=args["images"])
-    print(f"wrote {out} and {out.name}.json ({run.meta['name']}: input {INPUT} [batch, "
-          f"{', '.join(map(str, run.input_shape))}] float32 -> {OUTPUT} [batch, {run.meta['num_classes']}])")
+    print(f"wrote {out} and {out.name}.json ({run.facts.name}: input {INPUT} [batch, "
+          f"{', '.join(map(str, run.input_shape))}] float32 -> {OUTPUT} [batch, {run.facts.num_classes}])")
     return 0
 
 

@@ -23,7 +23,8 @@ from torch import nn
 
 from resexp.config import known_keys, overridden, saved_config
 from resexp.errors import CheckpointError, DataError, error_line
-from resexp.runs import RunFacts, RunPaths
+from resexp.records.facts import RunFacts
+from resexp.runs import RunPaths
 
 
 # ------------------------------------------------------------------------------ the run's model
@@ -35,15 +36,10 @@ class LoadedRun:
     checkpoint: Path
     model: nn.Module
     config: dict  # the run's resolved config, as best.pt stores it
-    facts: RunFacts  # name, num_classes, in_channels, image_size, class_names, mean, std, params
+    facts: RunFacts  # best.pt's `meta`: name, num_classes, in_channels, image_size, class_names, mean, std, params
     best: dict  # the best epoch's metrics as recorded in best.pt
     device: torch.device
     data_cfg: DictConfig = field(repr=False, default=None)  # the run's data config (DataConfig-typed)
-
-    @property
-    def meta(self) -> dict:
-        """The facts as best.pt stores them (its `meta`), for code written against that dict."""
-        return self.facts.as_dict()
 
     @property
     def class_names(self) -> list[str]:
@@ -125,7 +121,7 @@ def load_run(run: str | Path, device: str | torch.device = "cpu", data_overrides
     run_dir, ckpt = find_checkpoint(run)
     state = checkpoint.load(ckpt, map_location="cpu", needs=checkpoint.BEST_NEEDS)
     config = _saved_config(state, run_dir, ckpt)
-    facts = RunFacts.from_dict(state["meta"])
+    facts = RunFacts.from_meta(state["meta"], ckpt)
     model = build_for_inference(config["model"], facts)
     checkpoint.check_compatible(state["model"], model, ckpt)
     model.load_state_dict(state["model"])
@@ -147,7 +143,7 @@ def load_exported(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dic
     weights = card_path.parent / card.get("weights", RunPaths(p).weights.name)
     if not weights.is_file():
         raise CheckpointError(f"no weights file at {weights}")
-    model = build_for_inference(card["model"], RunFacts.from_dict(card))
+    model = build_for_inference(card["model"], RunFacts.from_card(card, card_path))
     model.load_state_dict(load_file(str(weights), device="cpu"))
     return model.to(device).eval(), card
 

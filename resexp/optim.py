@@ -68,7 +68,7 @@ def warmup_length(cfg, epochs: int) -> float:
     trains at 1-2% of it), and a 1-epoch smoke run with the default 1-epoch warm-up would end at its
     peak rate: such a run warms up over its first half and decays over the second, as a scaled-down
     long run does. Said at start-up with the numbers."""
-    warmup = max(float(cfg.get("warmup_epochs", 0) or 0), 0.0)
+    warmup = max(float(getattr(cfg, "warmup_epochs", 0) or 0), 0.0)
     if warmup <= epochs / 2:
         return warmup
     from resexp.ranks import is_main_process

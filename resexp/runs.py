@@ -1,5 +1,5 @@
-"""A run directory: where each of its files lives, the facts a run records about its network and
-data, and the one writer of metrics.json.
+"""A run directory: where each of its files lives, who holds it, and the one writer of metrics.json
+(the run's facts and epoch rows are resexp/records/).
 
     outputs/<date>/<time>/
       .hydra/config.yaml, .hydra/overrides.yaml   the composed config and the overrides
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,49 +56,6 @@ class RunPaths:
     def report_file(self, name: str) -> Path:
         """One of the run report's files (curves.png, model.json, ...): they sit at the top level."""
         return self.root / name
-
-
-@dataclass(frozen=True)
-class RunFacts:
-    """What a run learnt about its network and data when it was built; checkpoints keep it under
-    `meta` (as_dict), and inference rebuilds the network and its preprocessing from it."""
-
-    name: str
-    num_classes: int
-    in_channels: int
-    image_size: int
-    class_names: list[str]
-    mean: list[float] | None
-    std: list[float] | None
-    params: int | None
-
-    @classmethod
-    def from_data(cls, name: str, info, params: int, num_classes: int | None = None,
-                  in_channels: int | None = None) -> RunFacts:
-        """A network built for a data set (`info`: its DataInfo); the model config's class count and
-        channels, when set, win over the data's."""
-        return cls(name=name, num_classes=int(num_classes or info.num_classes),
-                   in_channels=int(in_channels or info.in_channels), image_size=info.image_size,
-                   class_names=list(info.class_names), mean=list(info.mean) if info.mean else None,
-                   std=list(info.std) if info.std else None, params=params)
-
-    @classmethod
-    def from_dict(cls, meta: dict) -> RunFacts:
-        """A checkpoint's `meta`; keys an older or hand-made one lacks read as None."""
-        return cls(**{f.name: meta.get(f.name) for f in fields(cls)})
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def labels(self) -> list[str]:
-        """The class names, or the class indices as text when the run has no names for every class."""
-        names = list(self.class_names or [])
-        return names if len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return int(self.in_channels), int(self.image_size), int(self.image_size)
 
 
 def outputs_root(run_dir: Path) -> Path:

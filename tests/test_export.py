@@ -102,7 +102,7 @@ def test_card_and_metadata_hold_the_runs_preprocessing(exported, name):
     loaded = load_run(path)
     card = json.loads((path / "best.onnx.json").read_text())
     assert card["format"] == export.CARD_FORMAT and card["weights"] == "best.onnx"
-    assert card["normalisation"] == {"mean": loaded.meta["mean"], "std": loaded.meta["std"]}
+    assert card["normalisation"] == {"mean": loaded.facts.mean, "std": loaded.facts.std}
     assert card["normalisation"]["mean"] == list(loaded.data_cfg.mean)
     assert (card["image_size"], card["in_channels"]) == (loaded.data_cfg.image_size, 1) == (8, 1)
     assert card["class_names"] == loaded.class_names and card["tta_flip"] is False
@@ -111,7 +111,7 @@ def test_card_and_metadata_hold_the_runs_preprocessing(exported, name):
     assert card["verified"]["max_relative_difference"] <= 1e-4
     props = ort.InferenceSession(str(path / "best.onnx"), providers=["CPUExecutionProvider"]) \
         .get_modelmeta().custom_metadata_map
-    assert json.loads(props["mean"]) == loaded.meta["mean"] and json.loads(props["std"]) == loaded.meta["std"]
+    assert json.loads(props["mean"]) == loaded.facts.mean and json.loads(props["std"]) == loaded.facts.std
     assert props["image_size"] == "8" and props["output"] == "logits" and json.loads(props["class_names"]) \
         == loaded.class_names
     assert json.loads(props["card"])["model"] == card["model"]

@@ -478,14 +478,15 @@ def test_a_sigterm_after_training_is_one_line_and_says_what_is_missing(
     import importlib
     import signal
 
-    run_module = importlib.import_module("resexp.train.run")  # the module, not the function of that name
-    real = getattr(run_module, during)
+    module = importlib.import_module({"final_evaluation": "resexp.train.evaluation",
+                                      "write_run_report": "resexp.reports.run"}[during])
+    real = getattr(module, during)
 
     def step(*args, **kwargs):  # the step starts: the job's time is up
         signal.raise_signal(signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(run_module, during, step)
+    monkeypatch.setattr(module, during, step)
     d = tmp_path / "run"
     assert in_process(tmp_path, *SMALL, "trainer.report=true", f"hydra.run.dir={d}") == 130
     stage = missing.split(" and ")[0]

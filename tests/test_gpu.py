@@ -39,9 +39,11 @@ def metrics(run_dir: Path) -> dict:
 
 def build_trainer(overrides: list[str]):
     """A Trainer exactly as resexp.train.run builds one, without the run's logging and checkpoints."""
+    from resexp.config import checked
     from resexp.data import build_data
     from resexp.models import build_model
-    from resexp.runs import RunFacts
+    from resexp.records.facts import RunFacts
+    from resexp.runs import RunPaths
     from resexp.train.environment import configure_determinism, seed_everything, setup
     from resexp.train.trainer import Trainer
 
@@ -54,7 +56,7 @@ def build_trainer(overrides: list[str]):
     model = build_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels,
                         image_size=info.image_size)
     facts = RunFacts.from_data(cfg.model.name, info, params=sum(p.numel() for p in model.parameters()))
-    return Trainer(cfg, model, data, env, Path(tempfile.mkdtemp()), facts)
+    return Trainer(checked(cfg), model, data, env, RunPaths(Path(tempfile.mkdtemp())), facts)
 
 
 # reduce-overhead: the training step replays CUDA graphs (evaluation with flip TTA compiles without them)

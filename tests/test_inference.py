@@ -43,7 +43,7 @@ def val_png(run_dir, tmp_path_factory) -> tuple[Path, torch.Tensor]:
     loaded = load_run(run_dir)
     data = build_data(loaded.data_cfg, seed=loaded.config["seed"])
     x, _ = next(iter(data.val))
-    mean, std = torch.tensor(loaded.meta["mean"]).view(3, 1, 1), torch.tensor(loaded.meta["std"]).view(3, 1, 1)
+    mean, std = torch.tensor(loaded.facts.mean).view(3, 1, 1), torch.tensor(loaded.facts.std).view(3, 1, 1)
     pixels = (x[0] * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8)
     path = tmp_path_factory.mktemp("images") / "val0.png"
     Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(path)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from resexp.config import compose
+from resexp.records.epoch import EpochRecord
 from resexp.reports import figures
 from resexp.reports.metrics import confusion_matrix, per_class
 from resexp.train import run
@@ -92,10 +93,9 @@ def test_per_class_from_a_known_confusion_matrix():
 
 
 def test_figures_cope_with_gaps_many_classes_and_grey_images(tmp_path):
-    history = [{"epoch": e, "train_loss": 1 / e, "train_acc": e / 10, "val_loss": None, "val_acc": None}
-               for e in range(1, 5)]
-    history[1].update(val_loss=0.7, val_acc=0.5)  # val_every=2
-    history[3].update(val_loss=0.6, val_acc=0.6)
+    history = [EpochRecord(epoch=e, train_loss=1 / e, train_acc=e / 10) for e in range(1, 5)]
+    history[1].val_loss, history[1].val_acc = 0.7, 0.5  # val_every=2
+    history[3].val_loss, history[3].val_acc = 0.6, 0.6
     cm = torch.randint(0, 5, (100, 100))
     grey = torch.randn(5, 1, 8, 8)
     grid = figures.predictions(grey, torch.rand(5, 3).softmax(1), torch.tensor([0, 1, 2, 0, 1]),

@@ -144,14 +144,14 @@ def test_a_sweep_is_a_parent_run_with_a_child_per_job_and_a_failed_job_is_failed
     from resexp.train.trainer import Trainer
 
     uri = store(empty_store, tmp_path / "db")
-    fit = Trainer.fit
+    loop = Trainer.loop
 
     def fail_seed_1(self):
         if self.cfg.seed == 1:
             raise RuntimeError("boom\nsecond line")
-        fit(self)
+        loop(self)
 
-    monkeypatch.setattr(Trainer, "fit", fail_seed_1)
+    monkeypatch.setattr(Trainer, "loop", fail_seed_1)
     code = in_process(tmp_path, "-m", *TINY, "trainer.epochs=1", "logger=[mlflow,wandb]",
                       f"logger.mlflow.tracking_uri={uri}", "seed=0,1,2")
     assert code == 1
@@ -222,6 +222,7 @@ def test_git_state_names_the_commit_and_a_changed_tracked_file(tmp_path):
 
 
 def test_a_tracker_that_fails_mid_run_is_dropped_and_an_open_run_ends_interrupted(tmp_path, caplog):
+    from resexp.records.epoch import EpochRecord
     from resexp.trackers import TrackedRun, Tracker
     from resexp.train.logger import RunLogger
 
@@ -250,11 +251,10 @@ def test_a_tracker_that_fails_mid_run_is_dropped_and_an_open_run_ends_interrupte
             self.calls.append(("finish", status, error))
 
     broken, kept = Recording(fail=True), Recording(fail=False)
-    logger = RunLogger(tmp_path, enabled=True, progress=False, tensorboard=False, trackers=[broken, kept])
+    logger = RunLogger(tmp_path, enabled=True, tensorboard=False, trackers=[broken, kept])
     assert logger.start(TrackedRun(tmp_path, tmp_path, {}, {}, {})) == {"recording": {"id": "recording"}}
-    row = {"epoch": 1, "train_loss": 0.5, "train_acc": 0.5, "val_loss": None, "val_acc": None, "val_acc5": None,
-           "lr": 0.1, "seconds": 1.0, "images_per_s": 10.0}
-    logger.epoch(row, epochs=2, is_best=False)  # the broken one is dropped; training goes on
+    record = EpochRecord(epoch=1, train_loss=0.5, train_acc=0.5, lr=0.1, seconds=1.0, images_per_s=10.0)
+    logger.epoch(record, epochs=2, is_best=False)  # the broken one is dropped; training goes on
     assert "logger=recording: log_epoch failed (ConnectionError: server gone)" in caplog.text
     logger.close()  # a second Ctrl-C skipped finish: the run still ends, as interrupted
     assert broken.calls == [] and kept.calls == [("epoch", 1, 0.5), ("finish", "interrupted", None)]
@@ -269,7 +269,7 @@ def test_an_interrupted_sweep_ends_its_parent_run_killed(tmp_path, empty_store, 
     def preempted(self):
         raise Interrupted("stopped by SIGTERM after epoch 0; last.pt saved")
 
-    monkeypatch.setattr(Trainer, "fit", preempted)
+    monkeypatch.setattr(Trainer, "loop", preempted)
     uri = store(empty_store, tmp_path / "db")
     assert in_process(tmp_path, "-m", *TINY, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}", "seed=0,1") == 130
     parent, child = mlflow_runs(uri)  # the second job never started

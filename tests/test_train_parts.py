@@ -13,7 +13,9 @@ from torch import nn
 
 from resexp.config import compose
 from resexp.errors import CheckpointError
-from resexp.runs import RunFacts, RunPaths, write_metrics
+from resexp.records.epoch import EpochRecord
+from resexp.records.facts import RunFacts
+from resexp.runs import RunPaths, write_metrics
 from resexp.train import evaluation, run
 from resexp.train.state import Monitor, TrainingState
 
@@ -24,8 +26,8 @@ TINY = [
 ]
 
 
-def row(epoch: int, acc: float, loss: float) -> dict:
-    return {"epoch": epoch, "val_acc": acc, "val_loss": loss, "val_acc5": 1.0, "train_loss": 1.0, "train_acc": 0.5}
+def row(epoch: int, acc: float, loss: float) -> EpochRecord:
+    return EpochRecord(epoch=epoch, val_acc=acc, val_loss=loss, val_acc5=1.0, train_loss=1.0, train_acc=0.5)
 
 
 # --- TrainingState and Monitor ----------------------------------------------------------------------
@@ -54,7 +56,8 @@ def test_monitor_tracks_the_best_and_stops_after_patience():
     assert m.update(row(2, 0.7, 0.9)) and m.best["epoch"] == 2
     assert not m.update(row(3, 0.7, 0.8)) and not m.should_stop  # equal is not better
     assert not m.update(row(4, 0.6, 0.7)) and m.should_stop
-    assert m.best == row(2, 0.7, 0.9)
+    assert m.best == row(2, 0.7, 0.9).best() == {"epoch": 2, "val_loss": 0.9, "val_acc": 0.7, "val_acc5": 1.0,
+                                                 "train_loss": 1.0, "train_acc": 0.5}
 
     by_loss = Monitor("val_loss", patience=None)
     by_loss.update(row(1, 0.9, 1.0))
@@ -120,13 +123,13 @@ def test_finetune_from_and_model_pretrained_reject_the_same_file_with_the_same_m
     assert "layer2.0.conv1.weight" in messages["model.pretrained"]  # the mismatched tensor, by name
 
 
-# --- the run directory: facts and the one metrics.json writer ------------------------------------------
+# --- the run directory: facts (tests/test_records.py) and the one metrics.json writer ---------------------
 def test_run_facts_are_the_checkpoints_meta():
     facts = RunFacts(name="resnet20", num_classes=3, in_channels=1, image_size=8, class_names=["a", "b"],
                      mean=None, std=None, params=10)
-    assert RunFacts.from_dict(facts.as_dict()) == facts
+    assert RunFacts.from_meta(facts.to_meta()) == facts
     assert facts.labels == ["0", "1", "2"]  # names for only some classes: indices instead
-    assert RunFacts.from_dict({"num_classes": 2, "in_channels": 3, "image_size": 4}).input_shape == (3, 4, 4)
+    assert RunFacts.from_meta({"num_classes": 2, "in_channels": 3, "image_size": 4}).input_shape == (3, 4, 4)
 
 
 def test_metrics_json_has_one_writer_for_training_and_sweep_jobs(tmp_path, monkeypatch):

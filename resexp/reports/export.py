@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from resexp.files import atomic_write, atomic_write_text
+from resexp.records.facts import CARD_FORMAT as FORMAT
+from resexp.records.facts import RunFacts
 from resexp.runs import RunPaths
-
-FORMAT = "resexp-model/1"
 
 
 def save_safetensors(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -27,34 +27,11 @@ def save_safetensors(state_dict: dict[str, torch.Tensor], path: Path, metadata: 
     atomic_write(path, lambda f: f.write(data))
 
 
-def model_card(config: dict, meta: dict, best: dict, weights: str = RunPaths(".").weights.name) -> dict:
-    """model.json: the model config, the input it expects and the data it was trained on."""
-    model_cfg = dict(config.get("model") or {})
-    data_cfg = dict(config.get("data") or {})
-    channels, size = int(meta["in_channels"]), int(meta["image_size"])
-    return {
-        "format": FORMAT,
-        "weights": weights,
-        "name": meta.get("name", model_cfg.get("name")),
-        "arch": model_cfg.get("arch"),
-        "num_classes": int(meta["num_classes"]),
-        "in_channels": channels,
-        "image_size": size,
-        "input_shape": [channels, size, size],
-        "class_names": list(meta.get("class_names") or []),
-        # applied after scaling pixels to [0, 1]; null = no normalisation beyond [0, 1]
-        "normalisation": {"mean": meta.get("mean"), "std": meta.get("std")},
-        "params": meta.get("params"),
-        "best": {k: v for k, v in best.items() if isinstance(v, (int, float, str)) or v is None},
-        "model": model_cfg,  # build with resexp.models.build_model(model, num_classes=, in_channels=, image_size=)
-        "data": {"name": data_cfg.get("name"), "config": data_cfg},  # preprocess_image(img, data.config)
-        "seed": config.get("seed"),
-    }
-
-
-def write_export(run_dir: Path, state_dict: dict[str, torch.Tensor], config: dict, meta: dict, best: dict) -> None:
-    card = model_card(config, meta, best)
+def write_export(run_dir: Path, state_dict: dict[str, torch.Tensor], config: dict, facts: RunFacts,
+                 best: dict) -> None:
+    """best.safetensors and its card, model.json (RunFacts.card)."""
     paths = RunPaths(run_dir)
+    card = facts.card(config, best, weights=paths.weights.name)
     save_safetensors(state_dict, paths.weights,
                      metadata={"format": FORMAT, "name": str(card["name"]), "num_classes": str(card["num_classes"])})
     write_card(card, paths.card)

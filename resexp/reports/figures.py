@@ -16,6 +16,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from resexp.records.epoch import EpochRecord
+
 log = logging.getLogger("resexp")
 WRONG, RIGHT = "#c62828", "#1b5e20"
 
@@ -42,21 +44,21 @@ def _short(name: str, n: int = 18) -> str:
     return name if len(name) <= n else name[: n - 1] + "…"
 
 
-def curves(history: list[dict], best_epoch: int | None) -> Figure:
+def curves(history: list[EpochRecord], best_epoch: int | None) -> Figure:
     """Loss and accuracy per epoch, train and val; the best epoch marked."""
     fig = Figure(figsize=(10, 4))
     ax_loss, ax_acc = fig.subplots(1, 2)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.9, wspace=0.22)
-    epochs = [r["epoch"] for r in history]
+    epochs = [r.epoch for r in history]
     for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
-        ax.plot(epochs, [r.get(f"train_{key}") for r in history], "o-", ms=3, label=f"train {label}")
-        val = [(r["epoch"], r[f"val_{key}"]) for r in history if r.get(f"val_{key}") is not None]
+        ax.plot(epochs, [getattr(r, f"train_{key}") for r in history], "o-", ms=3, label=f"train {label}")
+        val = [(r.epoch, getattr(r, f"val_{key}")) for r in history if getattr(r, f"val_{key}") is not None]
         if val:
             ax.plot([e for e, _ in val], [v for _, v in val], "s-", ms=3, label=f"val {label}")
-        best = next((r for r in history if r["epoch"] == best_epoch and r.get(f"val_{key}") is not None), None)
+        best = next((v for e, v in val if e == best_epoch), None)
         if best is not None:
             ax.axvline(best_epoch, color="grey", ls="--", lw=1)
-            ax.plot([best_epoch], [best[f"val_{key}"]], "*", ms=14, color="gold", mec="black",
+            ax.plot([best_epoch], [best], "*", ms=14, color="gold", mec="black",
                     label=f"best epoch {best_epoch}", zorder=5)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
@@ -68,7 +70,7 @@ def curves(history: list[dict], best_epoch: int | None) -> Figure:
             if max(epochs) - min(epochs) < 12:
                 ax.set_xticks(epochs)
     ax_acc.set_ylim(-0.02, 1.02)
-    losses = [r[k] for r in history for k in ("train_loss", "val_loss") if r.get(k) is not None]
+    losses = [v for r in history for v in (r.train_loss, r.val_loss) if v is not None]
     if losses and min(losses) > 0 and max(losses) / min(losses) > 50:  # a blow-up would flatten the rest
         ax_loss.set_yscale("log")
     ax_loss.set_title("loss")

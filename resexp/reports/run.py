@@ -6,17 +6,23 @@
     model_summary.txt     layer table and parameter counts
     best.safetensors      the best weights; model.json says how to rebuild and feed the network
 
-`write_run_report(trainer, final, val)` returns `{"per_class": {...}}` for metrics.json.
+`write_run_report(result, model, val_loader, config, writer, distributed)` returns `{"per_class": {...}}`
+for metrics.json (resexp/train/callbacks.py's RunReport calls it at the end of a run).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
+from resexp.records.facts import RunFacts
 from resexp.runs import RunPaths
+
+if TYPE_CHECKING:
+    from resexp.train.result import RunResult
 
 log = logging.getLogger("resexp")
 
@@ -42,27 +48,29 @@ def _attempt(what: str, fn, *args) -> None:
         log.warning(f"run report: could not write {what}: {type(e).__name__}: {e}")
 
 
-def write_run_report(trainer, final: dict, val: dict) -> dict:
+def write_run_report(result: RunResult, model, val_loader, config: dict, writer=None,
+                     distributed: bool = False) -> dict:
     """Write the report files into the run directory from final_evaluation's validation pass of the
-    best model (`val`, collected with predictions), and return {"per_class": ...} for metrics.json.
+    best model (`result.val`, collected with predictions; `model` holds best.pt's weights), and return
+    {"per_class": ...} for metrics.json. `writer`: TensorBoard's, which gets the figures too.
 
     Call it on every rank: under DDP each rank holds its shard's predictions and rank 0 gathers them.
     """
     t0 = time.perf_counter()
-    model = trainer.eval_model()
-    probs, targets = _gather(val["probs"], val["targets"], trainer.env.distributed)
-    if not trainer.env.is_main:
+    final, val = result.final, result.val
+    probs, targets = _gather(val["probs"], val["targets"], distributed)
+    if not result.is_main:
         return {}
 
     from resexp.reports import figures
+    from resexp.reports.export import write_export
     from resexp.reports.metrics import confusion_matrix, per_class
 
-    paths, facts = RunPaths(trainer.run_dir), trainer.facts
+    paths, facts = result.paths, result.facts
     names = facts.labels
     cm = confusion_matrix(probs.argmax(1), targets, facts.num_classes)
     out = {"per_class": per_class(cm, names)}
-    writer = getattr(trainer.logger, "writer", None)
-    step = int(final.get("epoch") or trainer.state.epoch)
+    step = int(final.get("epoch") or result.state.epoch)
 
     def save(fig, name: str, tag: str | None = None) -> None:
         rgb = figures.render(fig)
@@ -73,14 +81,15 @@ def write_run_report(trainer, final: dict, val: dict) -> dict:
             image = Summary.Image(height=rgb.shape[0], width=rgb.shape[1], colorspace=3, encoded_image_string=png)
             writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
-    _attempt("curves.png", lambda: save(figures.curves(trainer.state.history, final.get("epoch")), "curves.png"))
+    _attempt("curves.png", lambda: save(figures.curves(result.state.history, final.get("epoch")), "curves.png"))
     _attempt("confusion_matrix.png", lambda: save(
         figures.confusion(cm, names, title=f"val, best epoch {final.get('epoch')}:"), "confusion_matrix.png",
         "val/confusion_matrix"))
-    _attempt("predictions.png", lambda: save(_prediction_grid(trainer, probs, targets, names), "predictions.png",
+    _attempt("predictions.png", lambda: save(_prediction_grid(val_loader, facts, probs, targets), "predictions.png",
                                              "val/predictions"))
-    _attempt("model_summary.txt", _write_summary, trainer, model)
-    _attempt("best.safetensors / model.json", _write_export, trainer, model, final)
+    _attempt("model_summary.txt", _write_summary, paths, facts, model)
+    # the model holds best.pt's weights (final_evaluation loaded them)
+    _attempt("best.safetensors / model.json", write_export, paths.root, model.state_dict(), config, facts, final)
     log.info(f"run report written to {paths.root} ({time.perf_counter() - t0:.1f}s)")
     return out
 
@@ -111,28 +120,18 @@ def _first_images(loader, n: int) -> torch.Tensor:
     return torch.cat(xs)
 
 
-def _prediction_grid(trainer, probs: torch.Tensor, targets: torch.Tensor, names: list[str]):
+def _prediction_grid(val_loader, facts: RunFacts, probs: torch.Tensor, targets: torch.Tensor):
     """predictions.png: rank 0's first validation images with the predictions evaluate() made for
     them (its collected outputs start with rank 0's shard, in loader order): no second forward pass."""
     from resexp.reports import figures
 
-    x = _first_images(trainer.data.val, min(GRID, len(targets)))
+    x = _first_images(val_loader, min(GRID, len(targets)))
     k = len(x)
-    facts = trainer.facts
-    return figures.predictions(x, probs[:k], targets[:k], names, facts.mean, facts.std, title="val:")
+    return figures.predictions(x, probs[:k], targets[:k], facts.labels, facts.mean, facts.std, title="val:")
 
 
-def _write_summary(trainer, model) -> None:
+def _write_summary(paths: RunPaths, f: RunFacts, model) -> None:
     from resexp.models import summary_text
 
-    f = trainer.facts
     text = summary_text(model, f.name, f.num_classes, f.in_channels, f.image_size)
-    RunPaths(trainer.run_dir).report_file("model_summary.txt").write_text(text + "\n")
-
-
-def _write_export(trainer, model, final: dict) -> None:
-    from resexp.config import to_plain
-    from resexp.reports.export import write_export
-
-    # final_evaluation loaded best.pt into eval_model(): these are the best weights
-    write_export(trainer.run_dir, model.state_dict(), to_plain(trainer.cfg), trainer.facts.as_dict(), final)
+    paths.report_file("model_summary.txt").write_text(text + "\n")

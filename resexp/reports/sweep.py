@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from resexp.errors import ResexpError
+from resexp.records.epoch import EpochRecord
 from resexp.runs import RunPaths
 
 CSV_NAME, MD_NAME, PLOT_NAME, TRAIN_PLOT_NAME, IMPORTANCE_PLOT_NAME = (
@@ -50,7 +51,7 @@ class Job:
     params: int | None = None
     wall_s: float | None = None
     pruned_epoch: int | None = None  # a search trial the pruner stopped: after this epoch
-    history: list[dict] = field(default_factory=list)
+    history: list[EpochRecord] = field(default_factory=list)
 
     @property
     def block(self) -> str | None:
@@ -88,18 +89,18 @@ def load_job(run_dir: Path) -> Job:
     except (OSError, ValueError) as e:
         job.status, job.error = "unreadable", f"metrics.json: {e}"
         return job
-    history = [r for r in metrics.get("history") or [] if isinstance(r, dict)]
+    history = [EpochRecord.from_dict(r) for r in metrics.get("history") or [] if isinstance(r, dict)]
     best = metrics.get("best") or {}
-    vals = [r["val_acc"] for r in history if r.get("val_acc") is not None]
+    vals = [r.val_acc for r in history if r.validated]
     job.status = metrics.get("status") or "completed"
     job.error = metrics.get("error")
     job.best_epoch, job.best_val_acc = best.get("epoch"), best.get("val_acc")
     job.final_val_acc = vals[-1] if vals else None
-    job.final_train_acc = history[-1].get("train_acc") if history else None
+    job.final_train_acc = history[-1].train_acc if history else None
     job.params = metrics.get("params")
     job.pruned_epoch = metrics.get("pruned_epoch")
     wall = metrics.get("wall_s")
-    job.wall_s = wall if wall is not None else (sum(r.get("seconds") or 0 for r in history) if history else None)
+    job.wall_s = wall if wall is not None else (sum(r.seconds or 0 for r in history) if history else None)
     job.history = history
     return job
 
@@ -287,7 +288,7 @@ def plot_curves(jobs: list[Job], path: Path, key: str, ylabel: str, error: bool 
     ax = fig.add_subplot()
     drawn = 0
     for j in jobs:
-        points = [(r["epoch"], r[key]) for r in j.history if r.get(key) is not None]
+        points = [(r.epoch, getattr(r, key)) for r in j.history if getattr(r, key) is not None]
         if not points:
             continue
         xs, ys = zip(*points, strict=True)

@@ -43,9 +43,10 @@ class TrialLink:
 
         return self.state == optuna.trial.TrialState.RUNNING
 
-    def on_validated(self, epoch: int, row: dict) -> None:
-        """After each validated epoch (last.pt and metrics.json written): report; maybe prune."""
-        value = row.get(self.monitor)
+    def on_validated(self, epoch: int, record) -> None:
+        """After each validated epoch (last.pt and metrics.json written; record: its EpochRecord):
+        report; maybe prune."""
+        value = getattr(record, self.monitor)
         if value is None or not math.isfinite(value):
             return
         if epoch not in self.reported:  # a resumed trial already reported the epochs before last.pt

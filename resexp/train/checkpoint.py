@@ -22,7 +22,9 @@ from omegaconf import OmegaConf
 
 from resexp.errors import CheckpointError
 from resexp.files import atomic_write
-from resexp.runs import RunFacts, RunPaths
+from resexp.records.facts import RunFacts
+from resexp.runs import RunPaths
+from resexp.train.callbacks import Callback
 from resexp.train.continuation import check_continuation, differences
 from resexp.train.environment import rng_state, set_rng_state
 from resexp.train.state import STATE_KEYS, TrainingState
@@ -88,25 +90,25 @@ def read(path: str | Path, map_location="cpu", mmap: bool = False) -> Any:
                               f"{reason[:200]})") from None
 
 
-# what resexp needs in each kind of checkpoint (older ones have all of it too)
+# what resexp needs in each kind of checkpoint (older ones have all of it too); what `meta` needs is
+# RunFacts.from_meta's to say (resexp/records/facts.py)
 BEST_NEEDS = ("model", "meta")
-META_NEEDS = ("num_classes", "in_channels", "image_size")
 LAST_NEEDS = ("model", "optimizer", "scheduler", "rng", *STATE_KEYS)
 DICT_ENTRIES = ("model", "meta", "optimizer", "scheduler", "rng")  # anything else there is as good as missing
 
 
 def load(path: str | Path, map_location="cpu", needs: tuple[str, ...] = ()) -> dict:
-    """A resexp checkpoint: a dict holding at least `needs` (and under `meta`, when needed, the
-    network's facts); anything else is an error naming the file and what it lacks."""
+    """A resexp checkpoint: a dict holding at least `needs`; anything else is an error naming the file
+    and what it lacks (and `meta`, when needed, read as the run's facts: any layout, or one line)."""
     state = read(path, map_location)
     has = state if isinstance(state, dict) else {}
     missing = [k for k in needs if k not in has or (k in DICT_ENTRIES and not isinstance(has[k], dict))]
-    if "meta" in needs and isinstance(has.get("meta"), dict):
-        missing += [f"meta.{k}" for k in META_NEEDS if has["meta"].get(k) is None]
     if not isinstance(state, dict) or missing:
         held = "" if isinstance(state, dict) else f"; it holds a value of type {type(state).__name__}, not a dict"
         raise CheckpointError(f"{path} is not a resexp checkpoint "
                               f"(missing: {', '.join(missing) or 'everything'}{held})")
+    if "meta" in needs:
+        RunFacts.from_meta(state["meta"], path)
     return state
 
 
@@ -161,14 +163,23 @@ def check_compatible(state: dict, model: torch.nn.Module, source: Path) -> None:
             )
 
 
-class Checkpoints:
-    """One run directory's best.pt and last.pt. Only the main process writes (`write`)."""
+class Checkpoints(Callback):
+    """One run directory's best.pt and last.pt. Only the main process writes (`write`). The Trainer's
+    first callback: best.pt after a validation that improved, last.pt after every epoch, before any
+    other callback sees the epoch."""
 
     def __init__(self, paths: RunPaths, config: dict, facts: RunFacts, write: bool):
         self.paths, self.write = paths, write
         if write:  # a run continued in its own directory (resume=auto after a kill -9)
             remove_stale_temporaries(paths.checkpoints)
-        self.common = {"config": config, "meta": facts.as_dict()}  # what inference rebuilds the run from
+        self.common = {"config": config, "meta": facts.to_meta()}  # what inference rebuilds the run from
+
+    def on_validation_end(self, trainer, record, improved: bool) -> None:
+        if improved:
+            self.save_best(trainer.eval_model(), trainer.result.state.monitor.best)
+
+    def on_epoch_end(self, trainer, record, improved) -> None:
+        trainer.save_last()
 
     def save_best(self, model: torch.nn.Module, best: dict) -> None:
         if self.write:

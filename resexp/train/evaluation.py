@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resexp.records.epoch import scores
 from resexp.train import checkpoint
 from resexp.train.metrics import Accumulator
 
@@ -56,20 +57,22 @@ def evaluate(model: nn.Module, loader, device: torch.device, *, tta_flip: bool =
 
 
 def final_evaluation(trainer, collect: bool = False) -> tuple[dict, dict]:
-    """Reload best.pt, evaluate it on val (and test), and make that the reported best.
+    """Reload best.pt, evaluate it on val (and test), and make that the reported best (trainer.result's
+    `final` and `val`, and the monitor's best, which metrics.json writes).
 
     Returns the best metrics and the validation result (with this rank's predictions if collect)."""
+    result = trainer.result
     if trainer.env.distributed:
         torch.distributed.barrier()  # rank 0 has finished writing best.pt
-    state = checkpoint.load(trainer.checkpoints.paths.best, map_location=trainer.device)
+    state = checkpoint.load(result.paths.best, map_location=trainer.env.device)
     model = trainer.eval_model()
     model.load_state_dict(state["model"])
     val = trainer.evaluate(model, trainer.data.val, collect=collect)
-    best = {**state["best"], "val_loss": val["loss"], "val_acc": val["acc"], "val_acc5": val["acc5"]}
+    best = {**state["best"], **scores("val", val)}
     if trainer.data.test is not None:
-        test = trainer.evaluate(model, trainer.data.test)
-        best.update(test_loss=test["loss"], test_acc=test["acc"], test_acc5=test["acc5"])
-    trainer.state.monitor.best = best
+        best.update(scores("test", trainer.evaluate(model, trainer.data.test)))
+    result.state.monitor.best = result.final = best
+    result.val = val
     if trainer.env.is_main:
         log.info(f"best epoch {best['epoch']}: val acc {best['val_acc']:.2%} loss {best['val_loss']:.4f}"
                  + (f"; test acc {best['test_acc']:.2%}" if "test_acc" in best else ""))

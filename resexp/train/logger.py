@@ -1,5 +1,6 @@
 """What a run tells the world as it trains: TensorBoard events, the experiment trackers the `logger`
 config chooses (resexp/trackers/) and one console line per epoch (metrics.json is resexp.runs.write_metrics).
+The Trainer is built with it as one of its callbacks (callbacks.py).
 
 Only the main process (rank 0) writes; the others get a logger that does nothing.
 """
@@ -11,33 +12,60 @@ import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
-from tqdm.auto import tqdm
 
+from resexp.errors import error_line
+from resexp.records.epoch import EpochRecord
 from resexp.runs import RunPaths
 from resexp.trackers import TrackedRun, Tracker, run_files
+from resexp.train.callbacks import Callback
 from resexp.train.hparams import default_composition, shown_hparams
 
 log = logging.getLogger("resexp")
 
 
-class RunLogger:
-    def __init__(self, run_dir: Path, enabled: bool, progress: bool | None, purge_step: int | None = None,
+def shows_progress(enabled: bool, progress: bool | None) -> bool:
+    """trainer.progress: a progress bar per epoch; None: when stderr is a terminal."""
+    return enabled and (sys.stderr.isatty() if progress is None else progress)
+
+
+class RunLogger(Callback):
+    """`config`: the run's config, for TensorBoard's Text page; `resumed`: the run continues from a
+    last.pt, so TensorBoard's points after that step are dropped (the run writes them again)."""
+
+    def __init__(self, run_dir: Path, enabled: bool, config=None, resumed: bool = False,
                  tensorboard: bool = True, trackers: list[Tracker] = ()):
-        self.run_dir = run_dir
-        self.enabled = enabled
-        self.progress = enabled and (sys.stderr.isatty() if progress is None else progress)
-        self.writer = None
+        self.run_dir, self.enabled, self.run_config, self.resumed = run_dir, enabled, config, resumed
+        self.tensorboard = enabled and tensorboard
+        self.writer = None  # opened when fit starts: where a resumed run stands is known then
         self.trackers: list[Tracker] = list(trackers) if enabled else []
         self.started: list[Tracker] = []  # the trackers with an open run
-        self.last_validated: dict | None = None  # the latest epoch's row with validation scores
-        if enabled and tensorboard:
+        self.last_validated: EpochRecord | None = None  # the latest epoch with validation scores
+
+    def open(self, purge_step: int | None = None) -> None:
+        if self.tensorboard and self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(RunPaths(run_dir).tensorboard), purge_step=purge_step)
+            self.writer = SummaryWriter(log_dir=str(RunPaths(self.run_dir).tensorboard), purge_step=purge_step)
+            if self.run_config is not None:
+                self.config(self.run_config)
 
-    def bar(self, total: int, initial: int, desc: str):
-        return tqdm(total=total, initial=initial, desc=desc, leave=False, disable=not self.progress,
-                    unit="batch", dynamic_ncols=True)
+    # --- the Trainer's callbacks ------------------------------------------------------------------
+    def on_fit_start(self, trainer) -> None:
+        self.open(purge_step=trainer.result.state.global_step + 1 if self.resumed else None)
+
+    def on_epoch_end(self, trainer, record: EpochRecord, improved: bool | None) -> None:
+        r = trainer.result
+        if r.step_losses:
+            self.step_losses([step for step, _ in r.step_losses], [loss for _, loss in r.step_losses])
+        self.epoch(record, r.epochs, bool(improved))
+
+    def on_fit_end(self, trainer) -> None:
+        self.hparams(trainer.result.final)
+        self.finish("completed", best=trainer.result.final)
+
+    def on_exception(self, trainer, error: BaseException) -> None:
+        r = trainer.result
+        self.finish(r.status, error_line(r.error or error))
 
     def config(self, cfg) -> None:
         if self.writer:
@@ -56,28 +84,16 @@ class RunLogger:
             for step, loss in zip(steps, losses, strict=True):
                 self.writer.add_scalar("train/loss_step", loss, step)
 
-    def epoch(self, row: dict, epochs: int, is_best: bool) -> None:
-        """A finished epoch's row (the trainer's history): TensorBoard scalars, the trackers' metrics
-        (under the same names) and the console line."""
-        values = {
-            "train/loss": row["train_loss"], "train/acc": row["train_acc"], "val/loss": row["val_loss"],
-            "val/acc": row["val_acc"], "val/acc5": row["val_acc5"], "train/lr": row["lr"],
-            "train/throughput": row["images_per_s"],
-        }
-        self.scalars(values, step=row["epoch"])
-        if row.get("val_acc") is not None:
-            self.last_validated = row
-        self._each("log_epoch", {k: v for k, v in values.items() if v is not None}, row["epoch"])
-        if not self.enabled:
-            return
-        val = ""
-        if row.get("val_acc") is not None:
-            val = f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%} acc5 {row['val_acc5']:.2%}"
-        log.info(
-            f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}{val}"
-            f"  lr {row['lr']:.3g}  {row['seconds']:.1f}s  {row['images_per_s']:.0f} img/s"
-            + ("  *best" if is_best else "")
-        )
+    def epoch(self, record: EpochRecord, epochs: int, is_best: bool) -> None:
+        """A finished epoch: TensorBoard scalars, the trackers' metrics (under the same names) and the
+        console line."""
+        values = record.scalars()
+        self.scalars(values, step=record.epoch)
+        if record.validated:
+            self.last_validated = record
+        self._each("log_epoch", values, record.epoch)
+        if self.enabled:
+            log.info(record.line(epochs) + ("  *best" if is_best else ""))
 
     def hparams(self, best: dict) -> None:
         """The HParams dashboard's row for this run: the keys that matter (resexp/train/hparams.py) as
@@ -105,15 +121,15 @@ class RunLogger:
         data = HParamsPluginData.FromString(start.value[0].metadata.plugin_data.content)
         data.session_start_info.group_name = run_name(self.run_dir, current_sweep())  # the row's name
         start.value[0].metadata.plugin_data.content = data.SerializeToString()
-        last = self.last_validated or {}
+        last = self.last_validated or EpochRecord(epoch=best["epoch"])
         values = {"best/val_acc": best["val_acc"], "best/val_loss": best["val_loss"], "best/val_acc5": best["val_acc5"],
-                  "best/epoch": best["epoch"], "val/acc": last.get("val_acc"), "val/loss": last.get("val_loss"),
-                  "val/acc5": last.get("val_acc5")}
+                  "best/epoch": best["epoch"], "val/acc": last.val_acc, "val/loss": last.val_loss,
+                  "val/acc5": last.val_acc5}
         with SummaryWriter(log_dir=str(paths.tensorboard / "hparams")) as row:
             row.file_writer.add_summary(start)
             for tag, value in values.items():
                 if value is not None:
-                    row.add_scalar(tag, value, last.get("epoch", best["epoch"]))
+                    row.add_scalar(tag, value, last.epoch)
             row.file_writer.add_summary(end)
         with SummaryWriter(log_dir=str(paths.tensorboard / "best")) as marker:
             for name in ("loss", "acc", "acc5"):

@@ -1,5 +1,6 @@
 """One training job, as a sequence of named steps: resolve the resume, build data and model, prepare
-the run directory, fit, report (best.pt re-evaluated, the run report, metrics.json).
+the run directory, build the Trainer with its callbacks (checkpoints, tracking, best.pt re-evaluated, the
+run report, metrics.json, logging, the user's), fit.
 
 The config the caller passed is never written into: what the data adds (class count, channels)
 goes into a copy, the run's config, that checkpoints and TensorBoard keep."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -16,19 +18,20 @@ from omegaconf import DictConfig, OmegaConf
 from resexp import provenance
 from resexp.config import checked, to_plain
 from resexp.data import build_data
-from resexp.errors import CheckpointError, ConfigError, error_line
+from resexp.errors import CheckpointError, ConfigError
 from resexp.models import build_model
 from resexp.models.layer_table import count_params
 from resexp.models.pretrained import check_pretrained, existing_file, load_backbone, read_state_dict
-from resexp.reports.run import prefetch, write_run_report
-from resexp.runs import RunFacts, RunPaths, claim_run_dir, outputs_root, release_run_dir
+from resexp.records.facts import RunFacts
+from resexp.reports.run import prefetch
+from resexp.runs import RunPaths, claim_run_dir, outputs_root, release_run_dir
 from resexp.trackers import TrackedRun, build_trackers, check_trackers, current_sweep
 from resexp.train import checkpoint
+from resexp.train.callbacks import Callback, FinalEvaluation, MetricsFile, OnValidated, RunReport
+from resexp.train.checkpoint import Checkpoints
 from resexp.train.environment import Env, autocast, configure_determinism, seed_everything, setup, shared_run_dir
-from resexp.train.evaluation import final_evaluation
-from resexp.train.logger import RunLogger
+from resexp.train.logger import RunLogger, shows_progress
 from resexp.train.signals import stop_at_once
-from resexp.train.stopped import EVALUATION, REPORT, TRAINING, record_stop
 from resexp.train.trainer import Trainer
 
 log = logging.getLogger("resexp")
@@ -40,24 +43,26 @@ def hydra_run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def check_choices(cfg: DictConfig, device: torch.device) -> None:
+def check_choices(cfg: DictConfig, device: torch.device):
     """The config's bounds, names and rules (its schemas' own checks), the trackers, precision on this
     device and the pretrained weights, before a data set is read or a model built: a typo fails at
-    once rather than after minutes of loading."""
-    checked(cfg)
+    once rather than after minutes of loading. Returns the checked config (a RunConfig) the Trainer reads."""
+    settings = checked(cfg)
     check_trackers(cfg.get("logger"))
     autocast(device, cfg.trainer.precision)
     if cfg.model.pretrained:
         check_pretrained(cfg.model.pretrained, cfg.model.name, cfg.model.arch)
+    return settings
 
 
-def run(cfg: DictConfig, run_dir: Path | None = None, on_validated=()) -> float:
+def run(cfg: DictConfig, run_dir: Path | None = None, on_validated=(), callbacks: Sequence[Callback] = ()) -> float:
     """Train as the config says; returns the best checkpoint's validation accuracy. `on_validated`:
-    callables given (epoch, the epoch's metrics row) after each validation (a search's pruner)."""
+    callables given (epoch, the epoch's EpochRecord) after each validation (a search's pruner);
+    `callbacks`: the user's own (resexp.train.callbacks.Callback), called after resexp's."""
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
     composed = to_plain(cfg)  # as the user asked for it, before data fills in the gaps
     env = setup(cfg.trainer)
-    check_choices(cfg, env.device)
+    settings = check_choices(cfg, env.device)
     paths = RunPaths(shared_run_dir(run_dir, env))  # DDP: every rank works in rank 0's directory
     # rank 0 holds the directory until the run ends; a second run started at the same moment stops
     claimed = env.is_main and claim_run_dir(paths.root, cfg.trainer.resume)
@@ -68,9 +73,15 @@ def run(cfg: DictConfig, run_dir: Path | None = None, on_validated=()) -> float:
         resume_path = resolve_resume(cfg, composed, paths, env)
         run_cfg, data, model, facts = build(cfg, env, finetune=resume_path is None)
         prepare_run_dir(paths, composed, data, facts, env, cfg.data.name)
-        trainer = Trainer(run_cfg, model, data, env, paths.root, facts)
-        trainer.on_validated.extend(on_validated)
-        return fit_and_report(trainer, run_cfg, resume_path)
+        logger = RunLogger(paths.root, enabled=env.is_main, config=run_cfg, resumed=resume_path is not None,
+                           tensorboard=cfg.get("logger") is None or cfg.logger.get("tensorboard") is not None,
+                           trackers=build_trackers(cfg.get("logger")) if env.is_main else [])
+        user = [*callbacks, *([OnValidated(on_validated)] if on_validated else [])]
+        trainer = Trainer(settings, model, data, env, paths, facts,
+                          checkpoints=Checkpoints(paths, to_plain(run_cfg), facts, write=env.is_main),
+                          callbacks=run_callbacks(run_cfg, resume_path, logger, user),
+                          progress=shows_progress(env.is_main, cfg.trainer.progress))
+        return fit_and_report(trainer, resume_path, logger)
     finally:
         if claimed:
             release_run_dir(paths.root)
@@ -150,55 +161,47 @@ def prepare_run_dir(paths: RunPaths, composed: dict, data, facts: RunFacts, env:
              f"images, {facts.num_classes} classes; device {env.device}; run dir {paths.root}")
 
 
-def start_tracking(logger: RunLogger, cfg: DictConfig, trainer: Trainer, resume_path: Path | None) -> None:
-    """run_info.json and the trackers' runs (rank 0); a resumed run continues the runs it recorded."""
-    env, paths = trainer.env, RunPaths(trainer.run_dir)
-    if not env.is_main:
-        return
-    info = provenance.collect(str(env.device), env.world_size)
-    previous = provenance.original(paths, resume_path).get("trackers", {}) if resume_path else {}
-    tracked = TrackedRun(paths.root, outputs_root(paths.root), to_plain(cfg), info,
-                         provenance.tags(info, cfg.model.name, cfg.data.name), current_sweep(), previous)
-    provenance.record(paths, info, logger.start(tracked), resume_path)
+class StartTracking(Callback):
+    """run_info.json and the trackers' runs (rank 0) when fit starts; a resumed run continues the runs
+    it recorded."""
+
+    def __init__(self, logger: RunLogger, cfg: DictConfig, resume_path: Path | None):
+        self.logger, self.cfg, self.resume_path = logger, cfg, resume_path
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        env, paths, cfg = trainer.env, trainer.result.paths, self.cfg
+        if not env.is_main:
+            return
+        info = provenance.collect(str(env.device), env.world_size)
+        previous = provenance.original(paths, self.resume_path).get("trackers", {}) if self.resume_path else {}
+        tracked = TrackedRun(paths.root, outputs_root(paths.root), to_plain(cfg), info,
+                             provenance.tags(info, cfg.model.name, cfg.data.name), current_sweep(), previous)
+        provenance.record(paths, info, self.logger.start(tracked), self.resume_path)
 
 
-def fit_and_report(trainer: Trainer, cfg: DictConfig, resume_path: Path | None) -> float:
-    """Resume if asked, fit, re-evaluate best.pt, write the run report; metrics.json says how it ended
-    (completed, failed or interrupted: stopped.py)."""
-    env = trainer.env
-    if resume_path is not None:
-        trainer.resume(resume_path)
-        if env.is_main:
-            log.info(f"resumed from {resume_path} at epoch {trainer.state.epoch + 1}, batch {trainer.state.batch}")
-    # purge_step drops TensorBoard points of the steps after last.pt's, which the resumed run writes again
-    loggers = cfg.get("logger")
-    logger = trainer.logger = RunLogger(trainer.run_dir, enabled=env.is_main, progress=cfg.trainer.progress,
-                                        purge_step=trainer.state.global_step + 1 if resume_path else None,
-                                        tensorboard=loggers is None or loggers.get("tensorboard") is not None,
-                                        trackers=build_trackers(loggers) if env.is_main else [])
-    logger.config(cfg)
-    stage = TRAINING
+def run_callbacks(cfg: DictConfig, resume_path: Path | None, logger: RunLogger,
+                  user: Sequence[Callback]) -> list[Callback]:
+    """What the run does around its loop, in the order the Trainer calls them (after the checkpoints):
+    at the end best.pt re-evaluated, the run report, metrics.json, then the trackers' end; the user's last."""
+    steps = [StartTracking(logger, cfg, resume_path), FinalEvaluation(collect=cfg.trainer.report)]
+    if cfg.trainer.report:
+        steps.append(RunReport(to_plain(cfg), logger))
+    resumed = {"resumed_from": str(resume_path)} if resume_path else {}
+    return [*steps, MetricsFile(**resumed), logger, *user]
+
+
+def fit_and_report(trainer: Trainer, resume_path: Path | None, logger: RunLogger) -> float:
+    """Resume if asked, then fit: train, re-evaluate best.pt, write the run report; metrics.json says how
+    it ended (completed, failed or interrupted: stopped.py)."""
     try:
-        start_tracking(logger, cfg, trainer, resume_path)
-        if cfg.trainer.report and env.is_main:
+        if resume_path is not None:
+            trainer.resume(resume_path)
+            s = trainer.result.state
+            if trainer.env.is_main:
+                log.info(f"resumed from {resume_path} at epoch {s.epoch + 1}, batch {s.batch}")
+        if trainer.result.report and trainer.env.is_main:
             prefetch()
         with stop_at_once():  # outside fit's own handling (finish the step, save last.pt) a signal stops at once
-            trainer.fit()
-            stage = EVALUATION
-            final, val = final_evaluation(trainer, collect=cfg.trainer.report)
-            stage = REPORT
-            # figures, model summary, safetensors from that same validation pass; {"per_class": ...}
-            report = write_run_report(trainer, final, val) if cfg.trainer.report else {}
-            extra = {"resumed_from": str(resume_path)} if resume_path else {}
-            logger.hparams(final)
-            metrics = trainer.write_metrics(status="completed", **extra, **report)
-            logger.finish("completed", best=final)
-        return metrics["best"]["val_acc"]
-    except (Exception, KeyboardInterrupt) as e:
-        status, error = record_stop(trainer, e, stage)  # metrics.json as the files on disk are
-        logger.finish(status, error_line(error))
-        if error is e:
-            raise
-        raise error from e
+            return trainer.fit().final["val_acc"]
     finally:
-        logger.close()
+        logger.close()  # also when a second signal skipped the trackers' end

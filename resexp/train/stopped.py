@@ -14,14 +14,13 @@ import signal
 from pathlib import Path
 
 from resexp.errors import CheckpointError, DiskFullError
+from resexp.runs import write_metrics
 from resexp.sweeps.trial import Pruned
 from resexp.train.checkpoint import read
+from resexp.train.result import EVALUATION, REPORT, TRAINING, RunResult
 from resexp.train.signals import Interrupted, StopNow, position, resume_hint
 
 log = logging.getLogger("resexp")
-
-# fit_and_report's stages, as a message names them
-TRAINING, EVALUATION, REPORT = "training", "best.pt's re-evaluation", "the run report"
 
 
 def _held(path: Path) -> dict | None:
@@ -40,31 +39,35 @@ def _when(path: Path, held: dict) -> str:
     return position(held.get("epoch", 0), held.get("batch", 0))
 
 
-def record_stop(trainer, e: BaseException, stage: str) -> tuple[str, BaseException]:
-    """Write metrics.json for a run that `e` stopped during `stage`; returns the status written there
-    (interrupted, pruned or failed) and the error to raise: a one-line Interrupted for a signal, a
+def _signalled(e: KeyboardInterrupt, result: RunResult, best: dict | None, last: dict | None) -> Interrupted:
+    """A signal that stopped the run at once: where last.pt is from, or what of the run is not complete."""
+    paths, run_dir, stage = result.paths, result.paths.root, result.stage
+    name = signal.Signals(e.signum).name if isinstance(e, StopNow) else "SIGINT"
+    if stage == TRAINING:
+        return Interrupted(f"stopped at once by a second {name}; " + (
+            f"last.pt is from {_when(paths.last, last)}. {resume_hint(run_dir)}" if last else
+            "no last.pt was written yet"))
+    missing = [EVALUATION] if stage == EVALUATION else []
+    missing += [REPORT] if result.report else []
+    return Interrupted(
+        f"stopped by {name} after training, during {stage}: training is complete (last.pt "
+        f"{_when(paths.last, last or {})}, best.pt {_when(paths.best, best or {})}); not complete: "
+        f"{' and '.join(missing)}. To write it: python -m resexp <same overrides> trainer.resume={run_dir}")
+
+
+def record_stop(result: RunResult, e: BaseException) -> tuple[str, BaseException]:
+    """Write metrics.json for a run that `e` stopped during `result.stage`; returns the status written
+    there (interrupted, pruned or failed) and the error to raise: a one-line Interrupted for a signal, a
     DiskFullError that says what is intact, or `e` itself."""
-    paths, run_dir = trainer.checkpoints.paths, trainer.run_dir
-    best, last = (_held(p) if trainer.env.is_main else None for p in (paths.best, paths.last))
+    paths, run_dir = result.paths, result.paths.root
+    best, last = (_held(p) if result.is_main else None for p in (paths.best, paths.last))
     status, error = "failed", e
     if isinstance(e, Pruned):
         status = "pruned"
     elif isinstance(e, Interrupted):  # the first signal in training: last.pt was saved, and the line says so
         status = "interrupted"
     elif isinstance(e, KeyboardInterrupt):
-        name = signal.Signals(e.signum).name if isinstance(e, StopNow) else "SIGINT"
-        status = "interrupted"
-        if stage == TRAINING:
-            error = Interrupted(f"stopped at once by a second {name}; " + (
-                f"last.pt is from {_when(paths.last, last)}. {resume_hint(run_dir)}" if last else
-                "no last.pt was written yet"))
-        else:
-            missing = [EVALUATION] if stage == EVALUATION else []
-            missing += [REPORT] if trainer.tcfg.report else []
-            error = Interrupted(
-                f"stopped by {name} after training, during {stage}: training is complete (last.pt "
-                f"{_when(paths.last, last or {})}, best.pt {_when(paths.best, best or {})}); not complete: "
-                f"{' and '.join(missing)}. To write it: python -m resexp <same overrides> trainer.resume={run_dir}")
+        status, error = "interrupted", _signalled(e, result, best, last)
     elif isinstance(e, DiskFullError):
         path = Path(e.path)
         held = {paths.best: best, paths.last: last}.get(path, {})  # other files: metrics.json, the report's
@@ -74,12 +77,12 @@ def record_stop(trainer, e: BaseException, stage: str) -> tuple[str, BaseExcepti
             intact += f". {resume_hint(run_dir)} once there is space"
         error = DiskFullError(f"{e}{intact}", path)
     extra = {"pruned_epoch": e.epoch} if isinstance(e, Pruned) else {}
-    if best is not None and best.get("best", {}).get("epoch") != trainer.state.monitor.best.get("epoch"):
+    if best is not None and best.get("best", {}).get("epoch") != result.state.monitor.best.get("epoch"):
         extra["best"] = best["best"]  # the save of a newer best failed: best.pt still holds this one
-    elif best is None and trainer.env.is_main:
+    elif best is None and result.is_main:
         extra["best"] = {}
     try:
-        trainer.write_metrics(status=status, error=f"{type(error).__name__}: {error}", **extra)
+        write_metrics(run_dir, result.metrics(status, error=f"{type(error).__name__}: {error}", **extra))
     except DiskFullError as full:  # nothing more can be recorded
         log.error(f"metrics.json could not be updated: {full}")
     return status, error

@@ -1,8 +1,10 @@
 """The training loop: the model and what updates it (optimizer, schedule, grad scaler, EMA), the
-step, the epoch, and `fit`, which runs epochs and validates, checkpoints and logs after each.
+step, the epoch, and `fit`, which runs epochs, validates after them and calls the callbacks it was
+built with (callbacks.py: checkpoints, logging, metrics.json, the end-of-run steps).
 
-Where training stands is `TrainingState` (state.py), checkpoint files are `Checkpoints`
-(checkpoint.py), the evaluation loop is evaluation.py, and signals are signals.py.
+Where training stands is `TrainingState` (state.py), and everything outside the loop reads it through
+`trainer.result` (result.py); checkpoint files are `Checkpoints` (checkpoint.py), the evaluation loop
+is evaluation.py, and signals are signals.py.
 Everything random in an epoch is a function of the seed, the epoch and the restored RNG
 states, so a run resumed from `last.pt` continues bit for bit where it stopped (on CPU).
 """
@@ -12,22 +14,25 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
-from resexp.config import checked, to_plain
 from resexp.errors import ResexpError
 from resexp.optim import build_optimizer, build_scheduler
-from resexp.runs import RunFacts, RunPaths, write_metrics
+from resexp.records.epoch import EpochRecord, scores
+from resexp.records.facts import RunFacts
+from resexp.runs import RunPaths
 from resexp.train import evaluation
+from resexp.train.callbacks import Callback
 from resexp.train.checkpoint import Checkpoints
 from resexp.train.ema import EMA
 from resexp.train.environment import Env, autocast, average_buffers
-from resexp.train.logger import RunLogger
+from resexp.train.result import RunResult
 from resexp.train.signals import StopSignals, StopVote
 from resexp.train.state import Monitor, TrainingState
 
@@ -63,12 +68,20 @@ def _mixer(cfg, num_classes: int):
 
 
 class Trainer:
-    def __init__(self, cfg, model: nn.Module, data, env: Env, run_dir: Path, facts: RunFacts):
-        # the trainer's keys as a TrainerConfig object: checked, and plain attribute reads inside the loop
-        self.cfg, self.tcfg, self.data, self.env = cfg, checked(cfg.trainer), data, env
-        self.run_dir, self.facts = run_dir, facts
-        self.logger = RunLogger(run_dir, enabled=False, progress=False)  # run() attaches the real one
-        self.checkpoints = Checkpoints(RunPaths(run_dir), to_plain(cfg), facts, write=env.is_main)
+    """Built whole: `settings` is the run's checked config (resexp.config.checked: a RunConfig, plain
+    attribute reads inside the loop), `checkpoints` its best.pt/last.pt (None: none written) and
+    `callbacks` everything else it does around the loop, called in their order after the checkpoints.
+
+    Public: `fit()`, `result` (where the run stands), `data`, `env`, `eval_model()`, `evaluate()`,
+    `save_last()`, `resume()`; the rest are the loop's own parts."""
+
+    def __init__(self, settings, model: nn.Module, data, env: Env, paths: RunPaths, facts: RunFacts,
+                 checkpoints: Checkpoints | None = None, callbacks: Sequence[Callback] = (),
+                 progress: bool = False):
+        self.cfg, self.tcfg, self.data, self.env = settings, settings.trainer, data, env
+        self.checkpoints = checkpoints or Checkpoints(paths, {}, facts, write=False)
+        self.callbacks = [self.checkpoints, *callbacks]
+        self.progress = progress and env.is_main
         self.signals = StopSignals(announce=env.is_main, vote=StopVote() if env.distributed else None)
         t = self.tcfg
         self.device = env.device
@@ -88,19 +101,42 @@ class Trainer:
 
         self.steps_per_epoch = math.ceil(self.train_batches() / t.accumulate)
         global_batch = data.train.batch_size * env.world_size * t.accumulate
-        self.optimizer = build_optimizer(self.model, cfg.optimizer, batch_size=global_batch, device=self.device)
-        self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, epochs=t.epochs,
+        self.optimizer = build_optimizer(self.model, settings.optimizer, batch_size=global_batch, device=self.device)
+        self.scheduler = build_scheduler(self.optimizer, settings.scheduler, epochs=t.epochs,
                                          steps_per_epoch=self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "16")
         self.criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
         self.mixer = _mixer(t, facts.num_classes)
         self.state = TrainingState(Monitor(t.monitor, t.early_stopping_patience), self.device)
-        # called with (epoch, row) after each validated epoch, once last.pt and metrics.json hold it
-        # (a search's pruner: resexp/sweeps/trial.py); an exception from one stops the run
-        self.on_validated: list = []
+        self.result = RunResult(paths, facts, self.state, is_main=env.is_main, report=t.report, epochs=t.epochs)
+
+    # --- the run -----------------------------------------------------------------------------
+    def fit(self) -> RunResult:
+        """Train (`loop`), then the callbacks' end-of-run steps. A run that stops (an error, a signal)
+        calls every callback's on_exception and raises the error they leave in result.error (one line)."""
+        r = self.result
+        try:
+            self._call("on_fit_start")
+            self.loop()
+            for callback in self.callbacks:
+                r.stage = callback.stage or r.stage
+                callback.on_fit_end(self)
+            r.status = "completed"
+            return r
+        except (Exception, KeyboardInterrupt) as e:
+            r.status, r.error = "failed", e
+            for callback in self.callbacks:
+                callback.on_exception(self, e)
+            if r.error is e:
+                raise
+            raise r.error from e
+
+    def _call(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
 
     # --- the loop --------------------------------------------------------------------------
-    def fit(self) -> None:
+    def loop(self) -> None:
         """Train until trainer.epochs, early stopping or a stop signal; last.pt after every epoch (and every
         trainer.checkpoint_every_n_steps optimizer steps inside one)."""
         s, epochs = self.state, self.tcfg.epochs
@@ -114,22 +150,17 @@ class Trainer:
                     raise NonFiniteLoss(self._nonfinite_message(s.epoch))
                 if self.signals.now():  # mid-epoch: last.pt keeps the batch position
                     self.save_last()
-                    raise self.signals.interrupted(s.epoch, s.batch, self.run_dir)
-                row = self._epoch_row(train, seconds, images)
+                    raise self.signals.interrupted(s.epoch, s.batch, self.result.paths.root)
+                record = self._epoch_record(train, seconds, images)
                 validate = (s.epoch + 1) % self.tcfg.val_every == 0 or s.epoch + 1 == epochs
-                improved = self.validate(row) if validate else None
-                s.end_epoch(row)
-                self.save_last()
-                self.logger.epoch(row, epochs, bool(improved))
-                self.write_metrics(status="running")
-                if improved is not None:
-                    for hook in self.on_validated:
-                        hook(row["epoch"], row)
+                improved = self.validate(record) if validate else None
+                s.end_epoch(record)
+                self._call("on_epoch_end", record, improved)  # last.pt first: the checkpoints' callback
                 if improved is False and s.monitor.should_stop:
                     log.info(f"early stopping: {s.monitor.key} has not improved for {s.monitor.bad_evals} validations")
                     break
                 if self.signals.now():  # arrived during validation: last.pt is current
-                    raise self.signals.interrupted(s.epoch, s.batch, self.run_dir)
+                    raise self.signals.interrupted(s.epoch, s.batch, self.result.paths.root)
 
     def train_epoch(self, epoch: int) -> int:
         """Train from state.batch to the end of the epoch (or a stop signal); returns images seen.
@@ -144,7 +175,7 @@ class Trainer:
         logged: list[tuple[int, torch.Tensor]] = []
         accumulate = self.tcfg.accumulate
         images = 0
-        bar = self.logger.bar(n_batches, s.batch, f"epoch {epoch + 1}/{self.tcfg.epochs}")
+        bar = self._progress_bar(n_batches, s.batch, epoch)
         for i, (x, y) in enumerate(loader, start=s.batch):
             if i >= n_batches:
                 break
@@ -168,8 +199,8 @@ class Trainer:
             if save_every and s.global_step % save_every == 0 and i + 1 < n_batches:  # the epoch's end saves anyway
                 self.save_last()
         bar.close()
-        if logged:
-            self.logger.step_losses([step for step, _ in logged], torch.stack([v for _, v in logged]).float().tolist())
+        losses = torch.stack([v for _, v in logged]).float().tolist() if logged else []
+        self.result.step_losses = [(step, loss) for (step, _), loss in zip(logged, losses, strict=True)]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return images
@@ -199,16 +230,16 @@ class Trainer:
             self.state.global_step += 1
         return loss.detach(), logits.detach()
 
-    def validate(self, row: dict) -> bool:
-        """Fill the row's val columns; True (and best.pt written) when this is the best epoch yet."""
+    def validate(self, record: EpochRecord) -> bool:
+        """Fill the record's val columns; True (and best.pt written) when this is the best epoch yet."""
         model = self.eval_model()
         if self.env.distributed:  # BatchNorm statistics differ per rank: validate (and save) their mean
             average_buffers(model)
         val = self.evaluate(model, self.data.val, self.tcfg.limit_val_batches)
-        row.update(val_loss=val["loss"], val_acc=val["acc"], val_acc5=val["acc5"])
-        improved = self.state.monitor.update(row)
-        if improved:
-            self.checkpoints.save_best(model, self.state.monitor.best)
+        for key, value in scores("val", val).items():
+            setattr(record, key, value)
+        improved = self.state.monitor.update(record)
+        self._call("on_validation_end", record, improved)
         return improved
 
     def evaluate(self, model: nn.Module, loader, limit: int | None = None, collect: bool = False) -> dict:
@@ -231,13 +262,8 @@ class Trainer:
     def save_last(self) -> None:
         self.checkpoints.save_last(self.parts(), self.state)
 
-    def resume(self, path: Path) -> None:
+    def resume(self, path) -> None:
         self.checkpoints.resume(path, self.parts(), self.state, self.device)
-
-    def write_metrics(self, status: str, **extra) -> dict:
-        metrics = {"status": status, **self.state.summary(), "params": self.facts.params, **extra}
-        write_metrics(self.run_dir, metrics)
-        return metrics
 
     # --- helpers -------------------------------------------------------------------------
     def _compiled(self, module: nn.Module, mode: str):
@@ -262,19 +288,19 @@ class Trainer:
         n = len(self.data.train)
         return min(n, self.tcfg.limit_train_batches) if self.tcfg.limit_train_batches else n
 
+    def _progress_bar(self, total: int, initial: int, epoch: int):
+        return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{self.tcfg.epochs}", leave=False,
+                    disable=not self.progress, unit="batch", dynamic_ncols=True)
+
     def _to_device(self, x, y):
         x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
         return x, y.to(self.device, non_blocking=True)
 
-    def _epoch_row(self, train: dict, seconds: float, images: int) -> dict:
-        """history's row for the epoch just trained; validate() fills the val columns."""
-        return {
-            "epoch": self.state.epoch + 1,
-            "train_loss": train["loss"], "train_acc": train["acc"], "train_acc5": train["acc5"],
-            "val_loss": None, "val_acc": None, "val_acc5": None,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "seconds": seconds, "images_per_s": images * self.env.world_size / max(seconds, 1e-9),
-        }
+    def _epoch_record(self, train: dict, seconds: float, images: int) -> EpochRecord:
+        """history's record of the epoch just trained; validate() fills the val columns."""
+        return EpochRecord(epoch=self.state.epoch + 1, **scores("train", train),
+                           lr=self.optimizer.param_groups[0]["lr"], seconds=seconds,
+                           images_per_s=images * self.env.world_size / max(seconds, 1e-9))
 
     def _nonfinite_message(self, epoch: int) -> str:
         return (

@@ -1,0 +1,73 @@
+"""A Trainer built whole: resexp's own steps and a user's callbacks get the same hooks, in order, per
+epoch; a run that stops calls every on_exception and is recorded as failed with its checkpoints intact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from resexp.config import compose
+from resexp.train import run
+from resexp.train.callbacks import Callback
+
+TINY = ["data=synthetic", "data.num_samples=64", "data.image_size=8", "data.num_classes=3", "data.batch_size=16",
+        "model.stages.depths=[1,1,1]", "trainer.epochs=3", "trainer.val_every=2", "trainer.progress=false",
+        "trainer.report=false", "trainer.device=cpu"]
+
+
+class Recorder(Callback):
+    def __init__(self, fail_at_epoch: int | None = None):
+        self.calls, self.fail_at_epoch = [], fail_at_epoch
+
+    def on_fit_start(self, trainer):
+        self.calls.append(("fit_start", trainer.result.state.epoch))
+
+    def on_validation_end(self, trainer, record, improved):
+        self.calls.append(("validation_end", record.epoch, improved))
+
+    def on_epoch_end(self, trainer, record, improved):
+        # the checkpoints' callback came first: last.pt already holds this epoch
+        saved = torch.load(trainer.result.paths.last, weights_only=True)["epoch"]
+        self.calls.append(("epoch_end", record.epoch, improved, saved))
+        if record.epoch == self.fail_at_epoch:
+            raise RuntimeError("user callback failed")
+
+    def on_fit_end(self, trainer):
+        self.calls.append(("fit_end", trainer.result.stage, trainer.result.final["epoch"]))
+
+    def on_exception(self, trainer, error):
+        self.calls.append(("exception", type(error).__name__, trainer.result.status))
+
+
+def test_a_user_callbacks_hooks_fire_in_order(tmp_path):
+    recorder = Recorder()
+    best_acc = run(compose(TINY), run_dir=tmp_path, callbacks=[recorder])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    best = metrics["best"]["epoch"]
+    assert recorder.calls == [
+        ("fit_start", 0),
+        ("epoch_end", 1, None, 1),  # val_every=2: epoch 1 is not validated
+        ("validation_end", 2, True), ("epoch_end", 2, True, 2),
+        ("validation_end", 3, best == 3), ("epoch_end", 3, best == 3, 3),
+        # after resexp's end-of-run steps: best.pt re-evaluated (the stage named in a stopped run's message)
+        ("fit_end", "best.pt's re-evaluation", best),
+    ]
+    assert metrics["status"] == "completed" and metrics["best"]["val_acc"] == best_acc
+
+
+def test_an_exception_runs_the_exception_hooks_and_the_run_is_failed_with_checkpoints_intact(tmp_path):
+    recorder = Recorder(fail_at_epoch=2)
+    with pytest.raises(RuntimeError, match="user callback failed"):
+        run(compose(TINY), run_dir=tmp_path, callbacks=[recorder])
+    assert recorder.calls[-1] == ("exception", "RuntimeError", "failed")  # after metrics.json recorded it
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["error"] == "RuntimeError: user callback failed"
+    assert [r["epoch"] for r in metrics["history"]] == [1, 2] and metrics["best"]["epoch"] == 2
+    last = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
+    best = torch.load(tmp_path / "checkpoints/best.pt", weights_only=True)
+    assert (last["epoch"], last["batch"], best["best"]["epoch"]) == (2, 0, 2)
+    # intact: the run resumes from its last.pt to the end
+    assert run(compose([*TINY, f"trainer.resume={tmp_path}"]), run_dir=tmp_path / "resumed") >= 0
+    assert json.loads((tmp_path / "resumed/metrics.json").read_text())["status"] == "completed"
