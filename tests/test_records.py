@@ -68,7 +68,7 @@ def test_a_newer_format_version_is_one_line_naming_the_file(tmp_path, monkeypatc
     with pytest.raises(SystemExit) as e:
         run_command(evaluate.main)
     lines = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and lines == [f"error: {info.value}"], lines
+    assert e.value.code == 2 and lines == [f"error: evaluate: {info.value}"], lines
 
 
 def test_an_epoch_record_writes_the_history_keys_users_read():
