@@ -115,7 +115,7 @@ def build_resexp(cfg, device: torch.device):
     from resexp.models import build_model
     from resexp.models.layer_table import count_params
     from resexp.records.facts import RunFacts
-    from resexp.runs import RunPaths
+    from resexp.run_dir import RunPaths
     from resexp.train.environment import Env, configure_determinism, resolve_device, seed_everything
     from resexp.train.trainer import Trainer
 

@@ -20,7 +20,7 @@ from resexp import ranks
 from resexp.cli import FULL_ERROR, USER_FULL_ERROR, environ, exit_with_error, full_error, name_too_long
 from resexp.config import COMPOSITION_ERRORS, VERSION_BASE, conf_dir, config_error
 from resexp.errors import ConfigError, ResexpError
-from resexp.runs import is_multirun
+from resexp.run_dir import is_multirun
 
 # Hydra plugins resexp has configs for: the option users type -> (module, pip extra)
 PLUGINS = {

@@ -24,7 +24,7 @@ from torch import nn
 from resexp.config import known_keys, overridden, saved_config
 from resexp.errors import CheckpointError, DataError, error_line
 from resexp.records.facts import RunFacts
-from resexp.runs import RunPaths
+from resexp.run_dir import RunPaths
 
 
 # ------------------------------------------------------------------------------ the run's model

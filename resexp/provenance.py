@@ -21,7 +21,7 @@ from pathlib import Path
 
 import resexp
 from resexp.files import atomic_write_text
-from resexp.runs import RunPaths
+from resexp.run_dir import RunPaths
 
 
 def git_state(path: Path) -> dict | None:
@@ -73,7 +73,7 @@ def command() -> str:
 
 def sweep_job_overrides() -> list[str] | None:
     """A sweep job's own overrides (its values of the swept keys among them), None outside a sweep."""
-    from resexp.runs import is_multirun
+    from resexp.run_dir import is_multirun
 
     if not is_multirun():
         return None

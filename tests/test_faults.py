@@ -479,7 +479,7 @@ def test_a_sigterm_after_training_is_one_line_and_says_what_is_missing(
     import signal
 
     module = importlib.import_module({"final_evaluation": "resexp.train.evaluation",
-                                      "write_run_report": "resexp.reports.run"}[during])
+                                      "write_run_report": "resexp.reports.run_report"}[during])
     real = getattr(module, during)
 
     def step(*args, **kwargs):  # the step starts: the job's time is up

@@ -38,12 +38,12 @@ def metrics(run_dir: Path) -> dict:
 
 
 def build_trainer(overrides: list[str]):
-    """A Trainer exactly as resexp.train.run builds one, without the run's logging and checkpoints."""
+    """A Trainer exactly as resexp.train.pipeline builds one, without the run's logging and checkpoints."""
     from resexp.config import checked
     from resexp.data import build_data
     from resexp.models import build_model
     from resexp.records.facts import RunFacts
-    from resexp.runs import RunPaths
+    from resexp.run_dir import RunPaths
     from resexp.train.environment import configure_determinism, seed_everything, setup
     from resexp.train.trainer import Trainer
 

@@ -56,7 +56,7 @@ def together(tmp_path: Path, n: int, imports: str, code: str, args=lambda i: [])
 def test_runs_started_together_into_one_directory_one_runs_the_others_stop_in_one_line(tmp_path):
     d = tmp_path / "run"
     code = "import resexp.__main__ as cli\nsys.argv = ['resexp', *sys.argv[3:]]\ncli.main()"
-    results = together(tmp_path, 2, "import resexp.__main__, resexp.train.run", code,
+    results = together(tmp_path, 2, "import resexp.__main__, resexp.train.pipeline", code,
                        args=lambda i: [*TINY, "trainer.epochs=1", f"seed={i + 1}", f"hydra.run.dir={d}"])
     codes = [r.returncode for r in results]
     assert sorted(codes) == [0, 2], [r.stderr[-2000:] for r in results]

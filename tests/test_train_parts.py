@@ -15,7 +15,7 @@ from resexp.config import compose
 from resexp.errors import CheckpointError
 from resexp.records.epoch import EpochRecord
 from resexp.records.facts import RunFacts
-from resexp.runs import RunPaths, write_metrics
+from resexp.run_dir import RunPaths, write_metrics
 from resexp.train import evaluation, run
 from resexp.train.state import Monitor, TrainingState
 

@@ -15,7 +15,7 @@ import torch
 from resexp.files import atomic_write, atomic_write_text
 from resexp.records.facts import CARD_FORMAT as FORMAT
 from resexp.records.facts import RunFacts
-from resexp.runs import RunPaths
+from resexp.run_dir import RunPaths
 
 
 def save_safetensors(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:

@@ -23,7 +23,7 @@ import yaml
 
 from resexp.errors import ResexpError
 from resexp.records.epoch import EpochRecord
-from resexp.runs import RunPaths
+from resexp.run_dir import RunPaths
 
 CSV_NAME, MD_NAME, PLOT_NAME, TRAIN_PLOT_NAME, IMPORTANCE_PLOT_NAME = (
     "sweep_summary.csv", "sweep_summary.md", "sweep_val_acc.png", "sweep_train_error.png", "sweep_importance.png")

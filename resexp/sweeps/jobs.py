@@ -7,7 +7,7 @@ lock on `.job.lock` in its directory. Run again with the same overrides, a job
 - that was stopped resumes from its own last.pt (trainer.resume=<its directory>);
 - that was stopped before its first last.pt starts afresh (its partial record is removed).
 A job whose directory another process holds (its lock) is refused; one whose directory holds a
-job with other overrides is refused as any occupied run directory is (resexp/runs.py)."""
+job with other overrides is refused as any occupied run directory is (resexp/run_dir.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resexp.errors import RunDirError
-from resexp.runs import RunPaths
+from resexp.run_dir import RunPaths
 
 JOB_FILE, LOCK_FILE = "sweep_job.json", ".job.lock"
 KEPT = ("completed", "pruned", "failed")  # a job that ended: run again, it is kept as it is

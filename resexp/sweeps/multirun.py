@@ -28,7 +28,7 @@ from hydra.experimental.callback import Callback
 
 from resexp.errors import ResexpError, RunDirError, error_line
 from resexp.ranks import is_main_process
-from resexp.runs import RunPaths, outputs_root, write_metrics
+from resexp.run_dir import RunPaths, outputs_root, write_metrics
 
 log = logging.getLogger("resexp")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from resexp.errors import ConfigError
 from resexp.registry import Registry
-from resexp.runs import is_multirun
+from resexp.run_dir import is_multirun
 
 
 class TrackerError(ConfigError):
@@ -58,7 +58,7 @@ def run_name(run_dir: Path, sweep: Path | None, outputs: Path | None = None) -> 
     """A run's name in the trackers and TensorBoard's HParams: its directory below outputs/; a sweep
     job's, what differs between the sweep's jobs first (`optimizer.lr=0.05 · multirun/<date>/<time>/3`),
     read at a glance where a long name is cut."""
-    from resexp.runs import outputs_root
+    from resexp.run_dir import outputs_root
 
     where = label(run_dir, outputs or outputs_root(run_dir))
     if sweep is None:

@@ -3,6 +3,6 @@
 state.py), checkpoints (checkpoint.py), evaluation (evaluation.py), signals, environment, metrics and
 logging."""
 
-from resexp.train.run import run
+from resexp.train.pipeline import run
 
 __all__ = ["run"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from resexp.records.epoch import EpochRecord
-from resexp.runs import write_metrics
+from resexp.run_dir import write_metrics
 from resexp.train.result import EVALUATION, REPORT
 
 
@@ -71,7 +71,7 @@ class FinalEvaluation(Callback):
 
 
 class RunReport(Callback):
-    """The run report's files (resexp/reports/run.py) from the final evaluation's predictions; its
+    """The run report's files (resexp/reports/run_report.py) from the final evaluation's predictions; its
     per-class scores go into metrics.json."""
 
     stage = REPORT
@@ -80,7 +80,7 @@ class RunReport(Callback):
         self.config, self.logger = config, logger  # the run's plain config; its RunLogger (TensorBoard) or None
 
     def on_fit_end(self, trainer) -> None:
-        from resexp.reports.run import write_run_report
+        from resexp.reports.run_report import write_run_report
 
         r, writer = trainer.result, getattr(self.logger, "writer", None)
         r.extra.update(write_run_report(r, trainer.eval_model(), trainer.data.val, self.config, writer,

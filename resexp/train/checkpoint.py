@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from resexp.errors import CheckpointError
 from resexp.files import atomic_write
 from resexp.records.facts import RunFacts
-from resexp.runs import RunPaths
+from resexp.run_dir import RunPaths
 from resexp.train.callbacks import Callback
 from resexp.train.continuation import check_continuation, differences
 from resexp.train.environment import rng_state, set_rng_state

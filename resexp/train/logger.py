@@ -1,5 +1,5 @@
 """What a run tells the world as it trains: TensorBoard events, the experiment trackers the `logger`
-config chooses (resexp/trackers/) and one console line per epoch (metrics.json is resexp.runs.write_metrics).
+config chooses (resexp/trackers/) and one console line per epoch (metrics.json is resexp.run_dir.write_metrics).
 The Trainer is built with it as one of its callbacks (callbacks.py).
 
 Only the main process (rank 0) writes; the others get a logger that does nothing.
@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from resexp.errors import error_line
 from resexp.records.epoch import EpochRecord
-from resexp.runs import RunPaths
+from resexp.run_dir import RunPaths
 from resexp.trackers import TrackedRun, Tracker, run_files
 from resexp.train.callbacks import Callback
 from resexp.train.hparams import default_composition, shown_hparams

@@ -1,6 +1,6 @@
 """Where a run stands, as everything outside the training loop reads it: the end-of-run steps and the
 other callbacks (callbacks.py), the record of a run that stopped (stopped.py) and the run report
-(resexp/reports/run.py). The Trainer owns one (`trainer.result`) and fills it in; nothing outside the
+(resexp/reports/run_report.py). The Trainer owns one (`trainer.result`) and fills it in; nothing outside the
 Trainer reads the Trainer's own parts."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from resexp.records.facts import RunFacts
-from resexp.runs import RunPaths
+from resexp.run_dir import RunPaths
 from resexp.train.state import TrainingState
 
 # the steps of a run, as a message names them: a stop in the later two leaves training complete

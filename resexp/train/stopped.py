@@ -14,7 +14,7 @@ import signal
 from pathlib import Path
 
 from resexp.errors import CheckpointError, DiskFullError
-from resexp.runs import write_metrics
+from resexp.run_dir import write_metrics
 from resexp.sweeps.trial import Pruned
 from resexp.train.checkpoint import read
 from resexp.train.result import EVALUATION, REPORT, TRAINING, RunResult

@@ -26,7 +26,7 @@ from resexp.errors import ResexpError
 from resexp.optim import build_optimizer, build_scheduler
 from resexp.records.epoch import EpochRecord, scores
 from resexp.records.facts import RunFacts
-from resexp.runs import RunPaths
+from resexp.run_dir import RunPaths
 from resexp.train import evaluation
 from resexp.train.callbacks import Callback
 from resexp.train.checkpoint import Checkpoints

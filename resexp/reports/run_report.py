@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from resexp.records.facts import RunFacts
-from resexp.runs import RunPaths
+from resexp.run_dir import RunPaths
 
 if TYPE_CHECKING:
     from resexp.train.result import RunResult

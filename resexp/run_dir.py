@@ -161,7 +161,7 @@ def check_run_dir_writable(root: Path) -> None:
 class RunDirCallback(Callback):
     """The claim before Hydra writes its .hydra/ records and log file into the run directory: they
     would replace an earlier run's (or a concurrent one's), or fail with a page of traceback in a
-    read-only directory (`resexp.train.run` claims it for the Python API)."""
+    read-only directory (`resexp.train.pipeline` claims it for the Python API)."""
 
     def on_run_start(self, config, **kwargs: Any) -> None:
         from resexp.cli import exit_with_error, name_too_long

@@ -23,8 +23,8 @@ from resexp.models import build_model
 from resexp.models.layer_table import count_params
 from resexp.models.pretrained import check_pretrained, existing_file, load_backbone, read_state_dict
 from resexp.records.facts import RunFacts
-from resexp.reports.run import prefetch
-from resexp.runs import RunPaths, claim_run_dir, outputs_root, release_run_dir
+from resexp.reports.run_report import prefetch
+from resexp.run_dir import RunPaths, claim_run_dir, outputs_root, release_run_dir
 from resexp.trackers import TrackedRun, build_trackers, check_trackers, current_sweep
 from resexp.train import checkpoint
 from resexp.train.callbacks import Callback, FinalEvaluation, MetricsFile, OnValidated, RunReport
