@@ -28,29 +28,6 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks set here
-def pytest_collection_modifyitems(items):
-    """The order the workers take tests in (`--dist loadgroup --no-loadscope-reorder`, pyproject.toml):
-    the modules with a `slow` test first, each with its `alone` tests and then its `slow` ones first, the
-    module with the `alone` test before all. So no minute-long test starts near the end while the other
-    worker has nothing left, and the `alone` test starts at once, while the other worker runs one of its
-    module's quick tests (it waits for the test running beside it to end). The tests of a module that
-    share a module-scoped fixture stay on one worker, which builds it once."""
-    def rank(item) -> int:
-        return 0 if item.get_closest_marker("alone") else 1 if item.get_closest_marker("slow") else 2
-
-    modules: dict = {}
-    for i, item in enumerate(items):
-        modules.setdefault(item.module, []).append((rank(item), i, item))
-        info = getattr(item, "_fixtureinfo", None)  # not autouse ones: those apply to the whole module
-        shared = info and [n for n in info.names_closure if n not in set(info.initialnames) - set(info.argnames)
-                           and n in info.name2fixturedefs and info.name2fixturedefs[n][-1].scope == "module"]
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    order = sorted(modules.values(), key=lambda tests: (min(t[0] for t in tests), tests[0][1]))
-    items[:] = [item for tests in order for _, _, item in sorted(tests, key=lambda t: t[:2])]
-
-
 @pytest.fixture(autouse=True)
 def _cpu_share(request, tmp_path_factory):
     """Every test holds a shared lock while it runs, a test marked `alone` an exclusive one. The gate,
