@@ -53,6 +53,7 @@ def test_an_old_best_pt_evaluates_to_its_recorded_val_accuracy(old_run, tmp_path
     assert result["loss"] == pytest.approx(best["val_loss"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_an_old_run_predicts_and_exports(old_run, tmp_path, capsys):
     image = tmp_path / "x.png"
     Image.new("RGB", (8, 8), (120, 30, 200)).save(image)

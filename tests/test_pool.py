@@ -113,9 +113,12 @@ def test_a_grid_on_the_pool_stopped_by_sigterm_continues(tmp_path):
 def test_a_search_on_the_pool_killed_with_sigkill_continues(tmp_path):
     optuna = pytest.importorskip("optuna")
     sweep = tmp_path / "search"
+    # threads=1: one worker would take both cores (2 OpenMP threads), which wait for each other at every op
+    # while the other test worker runs (epochs of 0.3 s took 7 s). 8 epochs: trial 0 is still running when
+    # the kill lands after its second
     args = ["-m", "hparams_search=digits_optuna", "hydra/launcher=pool", "hydra.launcher.workers=1",
-            f"hydra.sweep.dir={sweep}", *TINY, "trainer.epochs=3", "hydra.sweeper.n_trials=2",
-            "hydra.sweeper.pruner.name=none", "model=resnet20"]
+            "hydra.launcher.threads=1", f"hydra.sweep.dir={sweep}", *TINY, "trainer.epochs=8",
+            "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner.name=none", "model=resnet20"]
     p = resexp_cli(*args, cwd=tmp_path)
     wait_for(lambda: len(status(sweep / "0").get("history", [])) >= 2)
     os.killpg(p.pid, signal.SIGKILL)  # the sweep and its worker, without a word
@@ -131,4 +134,4 @@ def test_a_search_on_the_pool_killed_with_sigkill_continues(tmp_path):
     assert [t.state.name for t in after] == ["COMPLETE", "COMPLETE"]
     assert after[0].params == before[0].params  # the killed trial resumed with its own parameters
     m = status(sweep / "0")
-    assert m["resumed_from"] == str(sweep / "0/checkpoints/last.pt") and len(m["history"]) == 3
+    assert m["resumed_from"] == str(sweep / "0/checkpoints/last.pt") and len(m["history"]) == 8

@@ -63,6 +63,7 @@ def test_a_stopped_search_resumes_to_the_same_trials(tmp_path, monkeypatch, in_p
     assert trials(stopped) == expected and (stopped / "1/metrics.json").stat().st_mtime == mtime
 
 
+@pytest.mark.slow
 def test_a_pruned_trial_has_its_own_status(tmp_path, monkeypatch, in_process):
     """A pruner stops trial 1 after its first epoch: metrics.json says pruned (with the epoch), the
     study PRUNED, the report lists it, and the sweep exits 0 (a pruned trial is a result)."""

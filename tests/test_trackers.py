@@ -139,6 +139,7 @@ def test_a_run_and_its_resume_are_one_mlflow_run_and_one_wandb_run_id(tmp_path, 
     assert (dir2 / "files" / "metrics.json").exists() and (wandb_records(first)[0][0] / "files" / "model.json").exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_is_a_parent_run_with_a_child_per_job_and_a_failed_job_is_failed(
         tmp_path, empty_store, monkeypatch, in_process):
     from resexp.train.trainer import Trainer
@@ -167,6 +168,7 @@ def test_a_sweep_is_a_parent_run_with_a_child_per_job_and_a_failed_job_is_failed
     assert [j["exit_code"] for j in jobs] == [0, 1, 0] and jobs[1]["summary"]["error"] == "RuntimeError: boom"
 
 
+@pytest.mark.slow
 def test_ddp_only_rank_0_logs(tmp_path, empty_store):
     from test_ddp import finish, launch
 
