@@ -12,27 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_sweeps import ROOT, resexp  # noqa: E402
 
 
 def sweep(workers: int, device: str, jobs: int, overrides: list[str], out: Path) -> dict:
     seeds = ",".join(str(s) for s in range(jobs))
-    cmd = [sys.executable, "-m", "resexp", "-m", "hydra/launcher=pool", f"hydra.launcher.devices=[{device}]",
-           f"hydra.launcher.workers={workers}", f"seed={seeds}", f"trainer.device={device}",
-           "trainer.progress=false", "trainer.report=false", *overrides, f"hydra.sweep.dir={out}"]
-    t = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if done.returncode != 0:
-        raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-3000:]}")
+    wall = resexp(["hydra/launcher=pool", f"hydra.launcher.devices=[{device}]", f"hydra.launcher.workers={workers}",
+                   f"seed={seeds}", f"trainer.device={device}", "trainer.progress=false", "trainer.report=false",
+                   *overrides, f"hydra.sweep.dir={out}"], ROOT)
     images, starts, ends, per_job = 0.0, [], [], []
     for n in range(jobs):
         started = json.loads((out / str(n) / "sweep_job.json").read_text())["started"]

@@ -125,12 +125,12 @@ def loaders(n: int, epochs: int, workers=(0, 1, 2), decodes=("pil", "torchvision
                         b = build_data(OmegaConf.merge(cfg, {"augment": aug}), seed=0, device=device)
                         loader = b.train if split == "train" else b.val
                         rows.append((f"{tag}, {split}",
-                                     epochs_per_second(on_device(loader, device), loader.num_samples, epochs, sync)))
+                                     epochs_per_second(OnDevice(loader, device), loader.num_samples, epochs, sync)))
                         loader.close()
     return rows
 
 
-class on_device:  # noqa: N801 (a loader wrapper, used like one)
+class OnDevice:
     """Iterate a loader with each batch moved to `device`, as the trainer moves it (no-op when already there)."""
 
     def __init__(self, loader, device: str):

@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def resexp(args: list[str], cwd: Path) -> float:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    """`python -m resexp -m <args>` from this checkout (ahead of whatever PYTHONPATH holds): its wall time."""
+    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "resexp", "-m", *args], cwd=cwd, env=env,
                          capture_output=True, text=True)

@@ -125,8 +125,7 @@ class Trainer:
             return r
         except (Exception, KeyboardInterrupt) as e:
             r.status, r.error = "failed", e
-            for callback in self.callbacks:
-                callback.on_exception(self, e)
+            self._call("on_exception", e)
             if r.error is e:
                 raise
             raise r.error from e
