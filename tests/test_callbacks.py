@@ -4,13 +4,16 @@ epoch; a run that stops calls every on_exception and is recorded as failed with 
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 import torch
 
 from resexp.config import compose
+from resexp.errors import CheckpointError
 from resexp.train import run
 from resexp.train.callbacks import Callback
+from resexp.train.signals import Interrupted, StopNow
 
 TINY = ["data=synthetic", "data.num_samples=64", "data.image_size=8", "data.num_classes=3", "data.batch_size=16",
         "model.stages.depths=[1,1,1]", "trainer.epochs=3", "trainer.val_every=2", "trainer.progress=false",
@@ -71,3 +74,39 @@ def test_an_exception_runs_the_exception_hooks_and_the_run_is_failed_with_checkp
     # intact: the run resumes from its last.pt to the end
     assert run(compose([*TINY, f"trainer.resume={tmp_path}"]), run_dir=tmp_path / "resumed") >= 0
     assert json.loads((tmp_path / "resumed/metrics.json").read_text())["status"] == "completed"
+
+
+def test_a_run_stopped_during_its_final_evaluation_resumes_to_write_what_it_owes(tmp_path, monkeypatch):
+    import resexp.train.evaluation as evaluation
+
+    real = evaluation.final_evaluation
+
+    def stopped_once(*args, **kwargs):  # SIGTERM just after the last epoch's last.pt
+        monkeypatch.setattr(evaluation, "final_evaluation", real)
+        raise StopNow(signal.SIGTERM)
+
+    monkeypatch.setattr(evaluation, "final_evaluation", stopped_once)
+    with pytest.raises(Interrupted, match="during best.pt's re-evaluation: training is complete"):
+        run(compose(TINY), run_dir=tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and len(metrics["history"]) == 3
+    # the command the message gives: nothing is trained again, the evaluation is written
+    recorder = Recorder()
+    run(compose([*TINY, f"trainer.resume={tmp_path}"]), run_dir=tmp_path, callbacks=[recorder])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and [r["epoch"] for r in metrics["history"]] == [1, 2, 3]
+    assert recorder.calls == [("fit_start", 3), ("fit_end", "best.pt's re-evaluation", metrics["best"]["epoch"])]
+    # once completed, the same resume is refused: nothing is owed
+    with pytest.raises(CheckpointError, match="leaves nothing to train"):
+        run(compose([*TINY, f"trainer.resume={tmp_path}"]), run_dir=tmp_path / "again")
+
+
+def test_a_stop_after_metrics_json_says_completed_leaves_it_completed(tmp_path):
+    class StoppedAtTheEnd(Callback):
+        def on_fit_end(self, trainer):
+            raise StopNow(signal.SIGTERM)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(compose(TINY), run_dir=tmp_path, callbacks=[StoppedAtTheEnd()])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["best"]["val_acc"] is not None

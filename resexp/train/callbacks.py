@@ -17,11 +17,15 @@ run (on_exception runs for every callback then).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 
+from resexp.errors import error_line
 from resexp.records.epoch import EpochRecord
 from resexp.run_dir import write_metrics
 from resexp.train.result import EVALUATION, REPORT
+
+log = logging.getLogger("resexp")
 
 
 class Callback:
@@ -93,6 +97,7 @@ class MetricsFile(Callback):
 
     def __init__(self, **extra):
         self.extra = extra  # what a completed record adds (resumed_from)
+        self.completed = False
 
     def on_epoch_end(self, trainer, record, improved) -> None:
         write_metrics(trainer.result.paths.root, trainer.result.metrics("running"))
@@ -100,9 +105,13 @@ class MetricsFile(Callback):
     def on_fit_end(self, trainer) -> None:
         r = trainer.result
         write_metrics(r.paths.root, r.metrics("completed", **self.extra, **r.extra))
+        self.completed = True
 
     def on_exception(self, trainer, error) -> None:
         from resexp.train.stopped import record_stop
 
         r = trainer.result
+        if self.completed:  # stopped in the trackers' end: every file of the run is written, its record stays
+            log.warning(f"stopped after the run completed ({error_line(error)}); {r.paths.metrics} is complete")
+            return
         r.status, r.error = record_stop(r, error)

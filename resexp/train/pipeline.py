@@ -106,16 +106,25 @@ def resolve_resume(cfg: DictConfig, composed: dict, paths: RunPaths, env: Env) -
 
 
 def check_something_to_train(last: Path, epochs: int, resume: str) -> None:
-    """A resume of a run that has trained trainer.epochs already would make a run directory with
-    nothing trained in it: stopped, saying how to train it longer."""
+    """A resume of a run that completed trainer.epochs already would make a run directory with
+    nothing trained in it: stopped, saying how to train it longer. A run stopped after its training
+    (during the final evaluation or the report) resumes to write what it is missing."""
     held = checkpoint.read(last, mmap=True)
     done = int(held.get("epoch", 0)) if isinstance(held, dict) and not held.get("batch") else None
-    if done is not None and done >= epochs:
-        run_dir = last.parent.parent
+    run_dir = last.parent.parent
+    if done is not None and done >= epochs and finished(run_dir):
         raise CheckpointError(
             f"trainer.resume={resume}: the run in {run_dir} has trained {done} epochs and trainer.epochs={epochs} "
             f"leaves nothing to train; to train it longer, resume it with more epochs: "
             f"trainer.epochs={done + max(epochs, 1)} trainer.resume={run_dir}")
+
+
+def finished(run_dir: Path) -> bool:
+    """metrics.json says the run ended other than by a stop (interrupted: its end-of-run steps are owed)."""
+    try:
+        return json.loads(RunPaths(run_dir).metrics.read_text()).get("status") != "interrupted"
+    except (OSError, ValueError):
+        return True
 
 
 def check_num_classes(model_cfg: DictConfig, info, data_name: str) -> None:
