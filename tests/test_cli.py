@@ -61,6 +61,7 @@ def test_user_errors_are_one_clear_line_without_traceback(tmp_path, in_process, 
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_a_user_error_exits_2_with_one_line(tmp_path):  # in a real process: the exit status users see
     out = resexp("optimizer.name=sgdd", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}")
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [

@@ -86,6 +86,7 @@ BASE = ["model=resnet20", "trainer.epochs=1", "trainer.device=cpu", "trainer.rep
         "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.progress=false"]
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_used_run_directory_is_refused_before_writing(tmp_path, in_process, capsys):
     d = tmp_path / "run"
     # a launch that fails before training leaves only Hydra's .hydra/ and log file: not an earlier run
@@ -108,6 +109,7 @@ def test_a_second_run_into_a_used_run_directory_is_refused_before_writing(tmp_pa
     assert json.loads((d / "metrics.json").read_text())["last"]["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_a_sweep_rerun_into_its_directory_leaves_the_earlier_jobs_as_they_were(tmp_path, in_process, capsys):
     sweep = tmp_path / "sweep"
     args = ["-m", *BASE, "trainer.report=false", f"hydra.sweep.dir={sweep}"]
@@ -142,6 +144,7 @@ def test_the_python_api_refuses_a_used_run_directory_too(tmp_path):
 
 
 # ------------------------------------------------------------------- temporaries left by kill -9
+@pytest.mark.slow
 def test_temporary_checkpoints_left_by_a_kill_are_removed_when_the_run_resumes(tmp_path):
     from resexp.config import compose
     from resexp.train import run

@@ -120,6 +120,7 @@ def test_predict_errors_name_the_problem(run_dir, tmp_path):
         predict.main([f"run={tmp_path}", f"input={png}"])
 
 
+@pytest.mark.slow
 def test_command_line_errors_are_one_line_with_exit_status_2(run_dir, tmp_path):
     fake = tmp_path / "fake.jpg"
     fake.write_text("hello")

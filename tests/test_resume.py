@@ -86,6 +86,7 @@ def assert_same_run(straight: Path, resumed: Path) -> None:
     assert [r["epoch"] for r in strip(resumed)] == [1, 2, 3] and strip(resumed) == strip(straight)
 
 
+@pytest.mark.slow
 def test_a_stop_inside_an_accumulation_window_finishes_the_window_and_resumes_exactly(
         straight, tmp_path, monkeypatch):
     # SIGTERM after epoch 2's batch 5, inside its window of batches 4-6
@@ -99,6 +100,7 @@ def test_a_stop_inside_an_accumulation_window_finishes_the_window_and_resumes_ex
     assert_same_run(straight, tmp_path / "resumed")
 
 
+@pytest.mark.slow
 def test_a_crash_mid_epoch_loses_only_the_steps_since_the_last_checkpoint_and_resumes_exactly(
         straight, tmp_path, monkeypatch):
     def kill(trainer):

@@ -109,6 +109,7 @@ def test_a_class_count_the_data_does_not_have_is_one_line_before_training(tmp_pa
     assert not (d / "checkpoints").exists() and not (d / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_resuming_a_completed_run_says_there_is_nothing_to_train_and_how_to_extend_it(tmp_path, in_process, capsys):
     first = tmp_path / "first"
     assert in_process(tmp_path, *TINY, "trainer.epochs=2", f"hydra.run.dir={first}") == 0

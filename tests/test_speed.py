@@ -37,6 +37,7 @@ def test_cifar10_fast_composes_as_a_fast_large_batch_recipe():
     assert o.name == "sgd" and o.nesterov and o.scale_lr_batch and cfg.scheduler.warmup_epochs > 0
 
 
+@pytest.mark.slow
 def test_cifar10_fast_runs_one_short_epoch_on_cifar_shaped_data(tmp_path):
     run(compose(["experiment=cifar10_fast", *CIFAR_SHAPED, *CPU_SMALL]), run_dir=tmp_path)
     m = json.loads((tmp_path / "metrics.json").read_text())

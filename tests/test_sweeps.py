@@ -48,6 +48,7 @@ def fake_metrics(run_dir: Path, accs: list[float], train_accs: list[float] | Non
 
 
 # --- failures inside a sweep: recorded, the sweep goes on, non-zero exit at the end ----------------
+@pytest.mark.slow
 def test_failing_jobs_are_recorded_and_the_other_jobs_still_run(tmp_path, monkeypatch, in_process, capsys):
     from hydra.core.hydra_config import HydraConfig
 

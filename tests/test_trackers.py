@@ -94,6 +94,7 @@ def wandb_run(records: list) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_a_run_and_its_resume_are_one_mlflow_run_and_one_wandb_run_id(tmp_path, empty_store, monkeypatch):
     monkeypatch.chdir(tmp_path)
     outputs = tmp_path / "outputs"

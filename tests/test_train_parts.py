@@ -168,7 +168,8 @@ def test_hparams_shown_are_the_keys_a_run_changed_its_command_line_and_the_essen
     assert "trainer.precision" not in shown_hparams(defaults, defaults)
 
 
-def test_the_plain_command_is_compared_with_itself_and_any_other_run_with_the_default_composition(monkeypatch):
+def test_the_plain_command_is_compared_with_itself_and_any_other_run_with_the_default_composition(
+        monkeypatch, tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.conf import ConfigSourceInfo
     from hydra.core.hydra_config import HydraConfig
@@ -181,15 +182,19 @@ def test_the_plain_command_is_compared_with_itself_and_any_other_run_with_the_de
     monkeypatch.setattr(hparams, "compose", lambda: composed.append(1) or OmegaConf.create({"seed": 0}))
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         run_config = compose("config", return_hydra_config=True)
+    run_config.hydra.runtime.output_dir = str(tmp_path / "job")
     elsewhere = run_config.copy()  # the same run with --config-dir: one more config source
     elsewhere.hydra.runtime.config_sources.append(ConfigSourceInfo("/elsewhere", "file", "command-line"))
-    config = {"seed": 3}
-    assert hparams.default_composition(config, []) == {"seed": 0} and composed  # no Hydra run: the Python API
+    config, job = {"seed": 3}, tmp_path / "job"
+    assert hparams.default_composition(config, [], job) == {"seed": 0} and composed  # no Hydra run: the Python API
     composed.clear()
     monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
     HydraConfig.instance().set_config(run_config)
-    assert hparams.default_composition(config, []) is config and not composed  # `python -m resexp` itself
-    assert hparams.default_composition(config, ["seed=3"]) == {"seed": 0} and composed
+    assert hparams.default_composition(config, [], job) is config and not composed  # `python -m resexp` itself
+    assert hparams.default_composition(config, ["seed=3"], job) == {"seed": 0} and composed
+    composed.clear()
+    # a Python caller's run after that Hydra job in the same process (its HydraConfig is still set)
+    assert hparams.default_composition(config, [], tmp_path / "python") == {"seed": 0} and composed
     composed.clear()
     HydraConfig.instance().set_config(elsewhere)
-    assert hparams.default_composition(config, []) == {"seed": 0} and composed
+    assert hparams.default_composition(config, [], job) == {"seed": 0} and composed

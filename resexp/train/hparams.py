@@ -12,6 +12,9 @@ the keys whose values differ across the runs shown first.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from resexp.config import compose, leaves, to_plain
 from resexp.train.continuation import NOT_THE_NUMBERS, listed
@@ -34,16 +37,19 @@ def override_keys(overrides: Iterable[str]) -> set[str]:
     return keys
 
 
-def default_composition(config: dict, overrides: list[str]) -> dict:
+def default_composition(config: dict, overrides: list[str], run_dir: Path) -> dict:
     """What `python -m resexp` with no overrides composes, to compare `config` with. For a run that is
-    that plain command (no overrides, resexp's own config tree only) it is `config` itself: composing
-    it again cost the default job about half a second of its ~20."""
+    that plain command (no overrides, resexp's own config tree only, Hydra's job writing into `run_dir`:
+    not a Python caller's run after an earlier Hydra job in the process) it is `config` itself:
+    composing it again cost the default job about half a second of its ~20."""
     from hydra.core.hydra_config import HydraConfig
 
     if not overrides and HydraConfig.initialized():
         hydra = HydraConfig.get()
         providers = {source.provider for source in hydra.runtime.config_sources}
-        if hydra.job.config_name == "config" and providers <= {"hydra", "main", "schema"}:
+        output_dir = OmegaConf.select(hydra, "runtime.output_dir")  # None: no Hydra job ran (only a compose)
+        if hydra.job.config_name == "config" and providers <= {"hydra", "main", "schema"} \
+                and output_dir is not None and Path(output_dir).resolve() == run_dir.resolve():
             return config
     return to_plain(compose())
 

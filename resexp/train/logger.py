@@ -113,7 +113,7 @@ class RunLogger(Callback):
         paths = RunPaths(self.run_dir)
         overrides = list(OmegaConf.load(paths.overrides)) if paths.overrides.is_file() else []
         config = OmegaConf.to_container(OmegaConf.load(paths.config))
-        shown = shown_hparams(config, default_composition(config, overrides), overrides)
+        shown = shown_hparams(config, default_composition(config, overrides, paths.root), overrides)
         # No experiment summary: TensorBoard then builds the table from every run's own start info and
         # lists the keys that differ between the runs first (SummaryWriter.add_hparams writes one per
         # run, and TensorBoard shows the first run's columns).
