@@ -168,7 +168,7 @@ def test_hparams_shown_are_the_keys_a_run_changed_its_command_line_and_the_essen
     assert "trainer.precision" not in shown_hparams(defaults, defaults)
 
 
-def test_the_plain_command_is_compared_with_itself_and_any_other_run_with_the_default_composition(
+def test_a_run_choosing_no_group_option_is_compared_with_itself_any_other_with_the_default_composition(
         monkeypatch, tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.conf import ConfigSourceInfo
@@ -191,7 +191,10 @@ def test_the_plain_command_is_compared_with_itself_and_any_other_run_with_the_de
     monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
     HydraConfig.instance().set_config(run_config)
     assert hparams.default_composition(config, [], job) is config and not composed  # `python -m resexp` itself
-    assert hparams.default_composition(config, ["seed=3"], job) == {"seed": 0} and composed
+    assert hparams.default_composition(config, ["seed=3", "optimizer.lr=0.1"], job) is config and not composed
+    assert hparams.default_composition(config, ["model=resnet18"], job) == {"seed": 0} and composed
+    composed.clear()
+    assert hparams.default_composition(config, ["+experiment=fashion_mnist_best"], job) == {"seed": 0} and composed
     composed.clear()
     # a Python caller's run after that Hydra job in the same process (its HydraConfig is still set)
     assert hparams.default_composition(config, [], tmp_path / "python") == {"seed": 0} and composed
