@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,34 @@ def test_failing_jobs_are_recorded_and_the_other_jobs_still_run(tmp_path, monkey
     md = (root / "sweep_summary.md").read_text()
     assert "| 5 | seed=5 | completed | 2 | 75.00% | 75.00% | 1,234 |" in md
     assert (root / "sweep_val_acc.png").stat().st_size > 0
+
+
+def test_a_job_stopped_after_its_record_says_completed_is_kept_when_the_sweep_runs_again(
+        tmp_path, monkeypatch, in_process, capsys):
+    from hydra.core.hydra_config import HydraConfig
+
+    from resexp.train.signals import StopNow
+
+    ran = []
+
+    def completed_then_stopped(cfg, run_dir=None):  # SIGTERM in the trackers' end, after metrics.json
+        ran.append(cfg.seed)
+        fake_metrics(Path(HydraConfig.get().runtime.output_dir), [0.5, 0.75])
+        raise StopNow(signal.SIGTERM)
+
+    sweep = tmp_path / "sweep"
+    monkeypatch.setattr("resexp.train.run", completed_then_stopped)
+    assert in_process(tmp_path, "-m", f"hydra.sweep.dir={sweep}", "seed=0,1") == 130
+    assert ran == [0] and json.loads((sweep / "0/metrics.json").read_text())["status"] == "completed"
+    capsys.readouterr()
+    def completed(cfg, run_dir=None):
+        ran.append(cfg.seed)
+        fake_metrics(Path(HydraConfig.get().runtime.output_dir), [0.5, 0.75])
+        return 0.75
+
+    monkeypatch.setattr("resexp.train.run", completed)
+    assert in_process(tmp_path, "-m", f"hydra.sweep.dir={sweep}", "seed=0,1") == 0
+    assert ran == [0, 1] and "job #0 completed in an earlier run of this sweep: kept" in capsys.readouterr().out
 
 
 def test_single_run_errors_stay_one_line_with_exit_2(tmp_path, monkeypatch, in_process, capsys):

@@ -104,8 +104,10 @@ def _run_job(cfg, run: Callable[..., float], run_dir: Path, num: int, overrides:
         return e.value
     except (Interrupted, KeyboardInterrupt) as e:
         # Ctrl-C (or SIGTERM) stops the whole sweep, not just this job. An Interrupted comes from the
-        # run, which recorded it as a single run does (resexp/train/stopped.py); before training, nothing had.
-        stop = {} if isinstance(e, Interrupted) else {"status": "interrupted", "error": BEFORE_TRAINING}
+        # run, which recorded it as a single run does (resexp/train/stopped.py), as does a stop in the
+        # trackers' end of a run whose record says completed; before training, nothing had been recorded.
+        recorded = isinstance(e, Interrupted) or _read_metrics(run_dir).get("status") == "completed"
+        stop = {} if recorded else {"status": "interrupted", "error": BEFORE_TRAINING}
         write_metrics(run_dir, {**stop, "wall_s": wall()}, merge=True)
         if is_main_process():
             log.error(f"job #{num} stopped: {error_line(e)}; the sweep stops here")
