@@ -189,16 +189,19 @@ def write_metrics(run_dir: Path, values: dict, merge: bool = False) -> None:
     holds (a sweep job adding its wall time or its failure to the record training wrote)."""
     if not is_main_process():
         return
-    path = RunPaths(run_dir).metrics
-    record = dict(EMPTY_METRICS)
-    if merge:
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            pass
+    record = (merge and read_metrics(run_dir)) or dict(EMPTY_METRICS)
     record.update(values)
     # a reader (the sweep report) never sees half a file
-    atomic_write_text(path, json.dumps(_finite(record), indent=2, allow_nan=False))
+    atomic_write_text(RunPaths(run_dir).metrics, json.dumps(_finite(record), indent=2, allow_nan=False))
+
+
+def read_metrics(run_dir: Path) -> dict | None:
+    """metrics.json's record, or None where there is none (or only part of one: a copy cut short)."""
+    try:
+        record = json.loads(RunPaths(run_dir).metrics.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _finite(v):

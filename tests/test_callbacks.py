@@ -76,7 +76,10 @@ def test_an_exception_runs_the_exception_hooks_and_the_run_is_failed_with_checkp
     assert json.loads((tmp_path / "resumed/metrics.json").read_text())["status"] == "completed"
 
 
-def test_a_run_stopped_during_its_final_evaluation_resumes_to_write_what_it_owes(tmp_path, monkeypatch):
+# what metrics.json says of a run stopped after its last epoch: a signal's record, a failure's, or a
+# kill -9's (the last epoch's `running`, nothing after it)
+@pytest.mark.parametrize("left", ["interrupted", "failed", "running"])
+def test_a_run_stopped_during_its_final_evaluation_resumes_to_write_what_it_owes(tmp_path, monkeypatch, left):
     import resexp.train.evaluation as evaluation
 
     real = evaluation.final_evaluation
@@ -90,6 +93,7 @@ def test_a_run_stopped_during_its_final_evaluation_resumes_to_write_what_it_owes
         run(compose(TINY), run_dir=tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "interrupted" and len(metrics["history"]) == 3
+    (tmp_path / "metrics.json").write_text(json.dumps({**metrics, "status": left}))
     # the command the message gives: nothing is trained again, the evaluation is written
     recorder = Recorder()
     run(compose([*TINY, f"trainer.resume={tmp_path}"]), run_dir=tmp_path, callbacks=[recorder])

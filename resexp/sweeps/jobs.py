@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resexp.errors import RunDirError
-from resexp.run_dir import RunPaths
+from resexp.run_dir import RunPaths, read_metrics
 
 JOB_FILE, LOCK_FILE = "sweep_job.json", ".job.lock"
 KEPT = ("completed", "pruned", "failed")  # a job that ended: run again, it is kept as it is
@@ -80,12 +80,9 @@ def earlier(run_dir: Path, overrides: list[str]) -> Earlier:
         return Earlier()
     if sorted(record.get("overrides", [])) != sorted(overrides):
         return Earlier()  # another job: the run directory checks refuse to write over it
-    paths = RunPaths(run_dir)
-    try:
-        metrics = json.loads(paths.metrics.read_text())
-    except (OSError, ValueError):
-        metrics = None
-    return Earlier(status=(metrics or {}).get("status", "started"), metrics=metrics, resumable=paths.last.is_file())
+    metrics = read_metrics(run_dir)
+    return Earlier(status=(metrics or {}).get("status", "started"), metrics=metrics,
+                   resumable=RunPaths(run_dir).last.is_file())
 
 
 def clear_partial(run_dir: Path) -> None:

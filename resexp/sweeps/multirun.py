@@ -28,7 +28,7 @@ from hydra.experimental.callback import Callback
 
 from resexp.errors import ResexpError, RunDirError, error_line
 from resexp.ranks import is_main_process
-from resexp.run_dir import RunPaths, outputs_root, write_metrics
+from resexp.run_dir import RunPaths, outputs_root, read_metrics, write_metrics
 
 log = logging.getLogger("resexp")
 
@@ -106,7 +106,7 @@ def _run_job(cfg, run: Callable[..., float], run_dir: Path, num: int, overrides:
         # Ctrl-C (or SIGTERM) stops the whole sweep, not just this job. An Interrupted comes from the
         # run, which recorded it as a single run does (resexp/train/stopped.py), as does a stop in the
         # trackers' end of a run whose record says completed; before training, nothing had been recorded.
-        recorded = isinstance(e, Interrupted) or _read_metrics(run_dir).get("status") == "completed"
+        recorded = isinstance(e, Interrupted) or (read_metrics(run_dir) or {}).get("status") == "completed"
         stop = {} if recorded else {"status": "interrupted", "error": BEFORE_TRAINING}
         write_metrics(run_dir, {**stop, "wall_s": wall()}, merge=True)
         if is_main_process():
@@ -127,7 +127,7 @@ def _run_job(cfg, run: Callable[..., float], run_dir: Path, num: int, overrides:
     else:
         write_metrics(run_dir, {"wall_s": wall()}, merge=True)
         if trial is not None:
-            trial.tell("completed", objective(_read_metrics(run_dir), trial.monitor))
+            trial.tell("completed", objective(read_metrics(run_dir) or {}, trial.monitor))
         return value
 
     _record_failure(failure, run_dir, num, trial, wall())
@@ -173,15 +173,6 @@ def _record_failure(failure: BaseException, run_dir: Path, num: int, trial, wall
         RunPaths(run_dir).error_log.write_text("".join(traceback.format_exception(failure)))
         write_metrics(run_dir, {"status": "failed", "error": line, "wall_s": wall_s}, merge=True)
         log.error(f"job #{num} failed: {line} (traceback in {RunPaths(run_dir).error_log}); the sweep goes on")
-
-
-def _read_metrics(run_dir: Path) -> dict:
-    import json
-
-    try:
-        return json.loads(RunPaths(run_dir).metrics.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def sweep_stopped(cfg, sweep_dir: Path | None = None) -> None:

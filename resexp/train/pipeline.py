@@ -24,7 +24,7 @@ from resexp.models.layer_table import count_params
 from resexp.models.pretrained import check_pretrained, existing_file, load_backbone, read_state_dict
 from resexp.records.facts import RunFacts
 from resexp.reports.run_report import prefetch
-from resexp.run_dir import RunPaths, claim_run_dir, outputs_root, release_run_dir
+from resexp.run_dir import RunPaths, claim_run_dir, outputs_root, read_metrics, release_run_dir
 from resexp.trackers import TrackedRun, build_trackers, check_trackers, current_sweep
 from resexp.train import checkpoint
 from resexp.train.callbacks import Callback, FinalEvaluation, MetricsFile, OnValidated, RunReport
@@ -108,7 +108,8 @@ def resolve_resume(cfg: DictConfig, composed: dict, paths: RunPaths, env: Env) -
 def check_something_to_train(last: Path, epochs: int, resume: str) -> None:
     """A resume of a run that completed trainer.epochs already would make a run directory with
     nothing trained in it: stopped, saying how to train it longer. A run stopped after its training
-    (during the final evaluation or the report) resumes to write what it is missing."""
+    (during the final evaluation or the report, by a signal, an error or a kill) resumes to write what
+    it is missing."""
     held = checkpoint.read(last, mmap=True)
     done = int(held.get("epoch", 0)) if isinstance(held, dict) and not held.get("batch") else None
     run_dir = last.parent.parent
@@ -120,11 +121,10 @@ def check_something_to_train(last: Path, epochs: int, resume: str) -> None:
 
 
 def finished(run_dir: Path) -> bool:
-    """metrics.json says the run ended other than by a stop (interrupted: its end-of-run steps are owed)."""
-    try:
-        return json.loads(RunPaths(run_dir).metrics.read_text()).get("status") != "interrupted"
-    except (OSError, ValueError):
-        return True
+    """metrics.json says the run completed, or there is no record to say what it owes. Any other status
+    after the last epoch (interrupted, failed, or `running` after a kill -9) owes its end-of-run steps."""
+    record = read_metrics(run_dir)
+    return record is None or record.get("status") == "completed"
 
 
 def check_num_classes(model_cfg: DictConfig, info, data_name: str) -> None:
