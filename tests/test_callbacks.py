@@ -114,3 +114,46 @@ def test_a_stop_after_metrics_json_says_completed_leaves_it_completed(tmp_path):
         run(compose(TINY), run_dir=tmp_path, callbacks=[StoppedAtTheEnd()])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["best"]["val_acc"] is not None
+
+
+def test_a_run_starts_no_work_beside_its_training_loop(tmp_path, monkeypatch):
+    """On CPU the loop's OpenMP threads need every core and the GIL at each operator: a report import in a
+    background thread made the default job's epochs slower, worker processes more (benchmarks/RESULTS.md).
+    So until its training ends, a run (report on, TensorBoard on) starts no thread but TensorBoard's writer
+    and tqdm's monitor, both idle, and no process at all."""
+    import os
+    import threading
+    from pathlib import Path
+
+    def children() -> set[int]:
+        found = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                    found.add(int(stat.parent.name))
+            except (OSError, IndexError, ValueError):
+                continue
+        return found
+
+    started: list[str] = []  # every thread the run starts, short-lived ones too
+    start = threading.Thread.start
+
+    def record(thread):
+        started.append(type(thread).__name__ if type(thread) is not threading.Thread else thread.name)
+        return start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", record)
+    before = children()
+    during: list[tuple[list[str], set[int]]] = []
+
+    class During(Callback):
+        def on_epoch_end(self, trainer, record, improved):
+            during.append((list(started), children() - before))
+
+    opts = [o for o in TINY if o != "trainer.report=false"] + ["trainer.report=true"]
+    run(compose(opts), run_dir=tmp_path, callbacks=[During()])
+    assert (tmp_path / "confusion_matrix.png").is_file() and len(during) == 3
+    for threads, processes in during:  # TensorBoard's event writer waits on its queue, tqdm's monitor sleeps
+        assert set(threads) <= {"_AsyncWriterThread", "TMonitor"}, during
+        if Path("/proc/self/stat").exists():
+            assert processes == set(), during

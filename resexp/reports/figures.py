@@ -98,7 +98,7 @@ def confusion(cm: torch.Tensor, class_names: list[str], title: str = "") -> Figu
             for j in range(n):
                 if cm[i, j]:
                     ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if frac[i, j] > 0.5 else "black")
+                            color="white" if frac[i, j] > 0.5 else "black").set_in_layout(False)  # inside the axes
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     acc = float(cm.diag().sum()) / max(1, int(cm.sum()))

@@ -94,20 +94,6 @@ def write_run_report(result: RunResult, model, val_loader, config: dict, writer=
     return out
 
 
-def prefetch() -> None:
-    """Import what the report draws with (matplotlib: about half a second) in a background thread while
-    the run trains: the training loop spends its time in torch's kernels, which let go of the GIL."""
-    import threading
-
-    def load() -> None:
-        try:
-            from resexp.reports import export, figures, metrics  # noqa: F401
-        except Exception:  # noqa: BLE001 - the report imports them again, and says what failed
-            pass
-
-    threading.Thread(target=load, name="resexp-report-imports", daemon=True).start()
-
-
 def _first_images(loader, n: int) -> torch.Tensor:
     """The first n images of this rank's validation loader (the evaluation order: fixed, unshuffled)."""
     loader.set_epoch(0)

@@ -23,7 +23,6 @@ from resexp.models import build_model
 from resexp.models.layer_table import count_params
 from resexp.models.pretrained import check_pretrained, existing_file, load_backbone, read_state_dict
 from resexp.records.facts import RunFacts
-from resexp.reports.run_report import prefetch
 from resexp.run_dir import RunPaths, claim_run_dir, outputs_root, read_metrics, release_run_dir
 from resexp.trackers import TrackedRun, build_trackers, check_trackers, current_sweep
 from resexp.train import checkpoint
@@ -208,8 +207,8 @@ def fit_and_report(trainer: Trainer, resume_path: Path | None, logger: RunLogger
             s = trainer.result.state
             if trainer.env.is_main:
                 log.info(f"resumed from {resume_path} at epoch {s.epoch + 1}, batch {s.batch}")
-        if trainer.result.report and trainer.env.is_main:
-            prefetch()
+        # Nothing runs beside the loop while it trains (no import thread, no worker process): on CPU its
+        # OpenMP threads need every core and the GIL at each operator (benchmarks/RESULTS.md, issue 23)
         with stop_at_once():  # outside fit's own handling (finish the step, save last.pt) a signal stops at once
             return trainer.fit().final["val_acc"]
     finally:
