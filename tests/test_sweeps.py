@@ -110,6 +110,7 @@ def test_a_job_stopped_after_its_record_says_completed_is_kept_when_the_sweep_ru
     monkeypatch.setattr("resexp.train.run", completed_then_stopped)
     assert in_process(tmp_path, "-m", f"hydra.sweep.dir={sweep}", "seed=0,1") == 130
     assert ran == [0] and json.loads((sweep / "0/metrics.json").read_text())["status"] == "completed"
+
     def completed(cfg, run_dir=None):
         ran.append(cfg.seed)
         fake_metrics(Path(HydraConfig.get().runtime.output_dir), [0.5, 0.75])
