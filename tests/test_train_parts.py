@@ -17,6 +17,7 @@ from resexp.records.epoch import EpochRecord
 from resexp.records.facts import RunFacts
 from resexp.run_dir import RunPaths, write_metrics
 from resexp.train import evaluation, run
+from resexp.train.callbacks import Callback
 from resexp.train.state import Monitor, TrainingState
 
 TINY = [
@@ -201,3 +202,34 @@ def test_a_run_choosing_no_group_option_is_compared_with_itself_any_other_with_t
     composed.clear()
     HydraConfig.instance().set_config(elsewhere)
     assert hparams.default_composition(config, [], job) == {"seed": 0} and composed
+
+
+# --- the memory layout -------------------------------------------------------------------------------
+class SeenLayout(Callback):
+    """The layout of every batch the model is given in training: 'channels_last' or 'contiguous'."""
+
+    def __init__(self):
+        self.seen: set[str] = set()
+
+    def on_fit_start(self, trainer) -> None:
+        def pre(module, args):
+            x = args[0]
+            if module.training and x.dim() == 4:
+                self.seen.add("channels_last" if x.is_contiguous(memory_format=torch.channels_last)
+                              and not x.is_contiguous() else "contiguous")
+        trainer.model.register_forward_pre_hook(pre)
+
+
+@pytest.mark.parametrize(("start", "resumed", "expected"), [
+    ([], [], "channels_last"),  # the default on CPU: oneDNN's faster layout, kept by a resume
+    (["trainer.channels_last=false"], [], "contiguous"),  # a resume keeps the run's own layout: bit for bit
+    (["trainer.channels_last=false"], ["trainer.channels_last=true"], "channels_last"),  # unless told
+])
+def test_cpu_runs_train_channels_last_by_default_and_a_resume_keeps_the_layout_it_was_trained_in(
+        tmp_path, start, resumed, expected):
+    first, second = SeenLayout(), SeenLayout()
+    run(compose([*TINY, "trainer.device=cpu", *start]), run_dir=tmp_path / "a", callbacks=[first])
+    run(compose([*TINY, "trainer.device=cpu", "trainer.epochs=2", f"trainer.resume={tmp_path / 'a'}", *resumed]),
+        run_dir=tmp_path / "b", callbacks=[second])
+    assert first.seen == {"channels_last" if not start else "contiguous"}
+    assert second.seen == {expected}

@@ -70,6 +70,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None, on_validated=(), callbacks
         configure_determinism(cfg.trainer.deterministic, env.device)
 
         resume_path = resolve_resume(cfg, composed, paths, env)
+        if resume_path is not None and settings.trainer.channels_last is None:  # bit for bit where it stopped
+            settings.trainer.channels_last = trained_layout(resume_path)
         run_cfg, data, model, facts = build(cfg, env, finetune=resume_path is None)
         prepare_run_dir(paths, composed, data, facts, env, cfg.data.name)
         logger = RunLogger(paths.root, enabled=env.is_main, config=run_cfg, resumed=resume_path is not None,
@@ -102,6 +104,13 @@ def resolve_resume(cfg: DictConfig, composed: dict, paths: RunPaths, env: Env) -
     if cfg.trainer.finetune_from and resume_path is None:  # before the data is read: fail fast
         existing_file(cfg.trainer.finetune_from, "trainer.finetune_from")
     return resume_path
+
+
+def trained_layout(last: Path) -> bool | None:
+    """trainer.channels_last as the run in `last` chose it (None: left to the device, or not recorded)."""
+    held = checkpoint.read(last, mmap=True)
+    chosen = ((held.get("config") or {}).get("trainer") or {}).get("channels_last") if isinstance(held, dict) else None
+    return chosen if isinstance(chosen, bool) else None
 
 
 def check_something_to_train(last: Path, epochs: int, resume: str) -> None:

@@ -87,7 +87,8 @@ class Trainer:
         self.device = env.device
         self.autocast = autocast(self.device, t.precision)
 
-        self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+        channels_last = t.channels_last if t.channels_last is not None else self.device.type == "cpu"
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
         if env.distributed and t.sync_batchnorm and self.device.type == "cuda":  # no CPU kernel
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
