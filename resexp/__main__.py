@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from resexp import ranks
-from resexp.cli import FULL_ERROR, USER_FULL_ERROR, environ, exit_with_error, full_error, name_too_long
+from resexp.cli import FULL_ERROR, USER_FULL_ERROR, environ, exit_quickly, exit_with_error, full_error, name_too_long
 from resexp.config import COMPOSITION_ERRORS, VERSION_BASE, conf_dir, config_error
 from resexp.errors import ConfigError, ResexpError
 from resexp.run_dir import is_multirun
@@ -143,6 +143,7 @@ def register_plugins() -> None:
 
 
 def main() -> None:
+    exit_quickly()
     argv = sys.argv[1:]
     check_modes(argv)
     check_plugins(argv)
