@@ -294,8 +294,8 @@ class OptimizerConfig:
 
 
 @dataclass
-class FusedOptimizerConfig(OptimizerConfig):  # torch's optimizers with a fused CUDA kernel
-    fused: bool | None = None  # None: fused kernels on CUDA, plain loop elsewhere
+class FusedOptimizerConfig(OptimizerConfig):  # torch's optimizers with fused CUDA and CPU kernels
+    fused: bool | None = None  # None: fused kernels on CUDA and CPU, plain loop elsewhere (MPS)
 
 
 @dataclass

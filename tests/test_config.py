@@ -115,6 +115,28 @@ def test_lr_scaling_and_no_decay_groups():
     assert len(opt.param_groups[1]["params"]) == 3  # linear bias, BN weight and bias
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_optimizers_are_fused_on_cpu_by_default_with_the_loops_weights_up_to_rounding(optimizer):
+    def built(*overrides: str, seed: int = 0):
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3))
+        cfg = compose([f"optimizer={optimizer}", *overrides])
+        return model, build_optimizer(model, cfg.optimizer, batch_size=8, device=torch.device("cpu"))
+
+    def train(model, opt, steps: int = 5):
+        torch.manual_seed(1)
+        for _ in range(steps):
+            torch.nn.functional.cross_entropy(model(torch.randn(8, 4)), torch.randint(0, 3, (8,))).backward()
+            opt.step()
+            opt.zero_grad()
+        return [p.detach() for p in model.parameters()]
+
+    fused, plain = built(), built("optimizer.fused=false")
+    assert fused[1].defaults["fused"] is True and not plain[1].defaults.get("fused")
+    weights = train(*fused), train(*plain)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*weights, strict=True))  # the same up to rounding
+
+
 def test_conf_ships_in_the_wheel_build(tmp_path):
     """setup.py copies conf/ into the package so a non-editable install composes too."""
     import subprocess

@@ -206,12 +206,16 @@ def test_a_run_choosing_no_group_option_is_compared_with_itself_any_other_with_t
 
 # --- the memory layout -------------------------------------------------------------------------------
 class SeenLayout(Callback):
-    """The layout of every batch the model is given in training: 'channels_last' or 'contiguous'."""
+    """The layout of every batch the model is given in training ('channels_last' or 'contiguous'), and
+    whether the optimizer is fused."""
 
     def __init__(self):
         self.seen: set[str] = set()
+        self.fused = None
 
     def on_fit_start(self, trainer) -> None:
+        self.fused = bool(trainer.optimizer.defaults.get("fused"))
+
         def pre(module, args):
             x = args[0]
             if module.training and x.dim() == 4:
@@ -221,15 +225,16 @@ class SeenLayout(Callback):
 
 
 @pytest.mark.parametrize(("start", "resumed", "expected"), [
-    ([], [], "channels_last"),  # the default on CPU: oneDNN's faster layout, kept by a resume
-    (["trainer.channels_last=false"], [], "contiguous"),  # a resume keeps the run's own layout: bit for bit
-    (["trainer.channels_last=false"], ["trainer.channels_last=true"], "channels_last"),  # unless told
+    ([], [], ("channels_last", True)),  # the defaults on CPU: oneDNN's faster layout, fused kernels; kept
+    (["trainer.channels_last=false", "optimizer.fused=false"], [], ("contiguous", False)),  # as the run was
+    (["trainer.channels_last=false", "optimizer.fused=false"],  # unless told
+     ["trainer.channels_last=true", "optimizer.fused=true"], ("channels_last", True)),
 ])
-def test_cpu_runs_train_channels_last_by_default_and_a_resume_keeps_the_layout_it_was_trained_in(
+def test_cpu_runs_train_channels_last_and_fused_by_default_and_a_resume_keeps_how_the_run_computed(
         tmp_path, start, resumed, expected):
     first, second = SeenLayout(), SeenLayout()
     run(compose([*TINY, "trainer.device=cpu", *start]), run_dir=tmp_path / "a", callbacks=[first])
     run(compose([*TINY, "trainer.device=cpu", "trainer.epochs=2", f"trainer.resume={tmp_path / 'a'}", *resumed]),
         run_dir=tmp_path / "b", callbacks=[second])
-    assert first.seen == {"channels_last" if not start else "contiguous"}
-    assert second.seen == {expected}
+    assert (first.seen, first.fused) == (({"channels_last"}, True) if not start else ({"contiguous"}, False))
+    assert (second.seen, second.fused) == ({expected[0]}, expected[1])

@@ -19,7 +19,7 @@ NOT_THE_NUMBERS = frozenset({
     "trainer.report", "logger",
     # where and how fast: batches and augmentation are seeded by (seed, epoch, batch), not by device or worker
     "trainer.device", "trainer.compile", "trainer.compile_mode", "trainer.channels_last", "trainer.deterministic",
-    "data.num_workers", "data.eval_batch_size",
+    "optimizer.fused", "data.num_workers", "data.eval_batch_size",
     # where the same files are (a cluster job that copies the data to its node's scratch disk)
     "data.root", "data.download",
 })

@@ -70,8 +70,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None, on_validated=(), callbacks
         configure_determinism(cfg.trainer.deterministic, env.device)
 
         resume_path = resolve_resume(cfg, composed, paths, env)
-        if resume_path is not None and settings.trainer.channels_last is None:  # bit for bit where it stopped
-            settings.trainer.channels_last = trained_layout(resume_path)
+        if resume_path is not None:
+            compute_as_trained(settings, resume_path)
         run_cfg, data, model, facts = build(cfg, env, finetune=resume_path is None)
         prepare_run_dir(paths, composed, data, facts, env, cfg.data.name)
         logger = RunLogger(paths.root, enabled=env.is_main, config=run_cfg, resumed=resume_path is not None,
@@ -106,11 +106,19 @@ def resolve_resume(cfg: DictConfig, composed: dict, paths: RunPaths, env: Env) -
     return resume_path
 
 
-def trained_layout(last: Path) -> bool | None:
-    """trainer.channels_last as the run in `last` chose it (None: left to the device, or not recorded)."""
+def compute_as_trained(settings, last: Path) -> None:
+    """The defaults that depend on the device (null: trainer.channels_last, optimizer.fused) as the run in
+    `last` chose them, so that it continues bit for bit: its config records the layout, its optimizer
+    state the kernel (an older resexp's run: contiguous and unfused on CPU)."""
     held = checkpoint.read(last, mmap=True)
-    chosen = ((held.get("config") or {}).get("trainer") or {}).get("channels_last") if isinstance(held, dict) else None
-    return chosen if isinstance(chosen, bool) else None
+    if not isinstance(held, dict):
+        return
+    if settings.trainer.channels_last is None:
+        chosen = ((held.get("config") or {}).get("trainer") or {}).get("channels_last")
+        settings.trainer.channels_last = chosen if isinstance(chosen, bool) else None
+    if getattr(settings.optimizer, "fused", False) is None:
+        groups = (held.get("optimizer") or {}).get("param_groups") or [{}]
+        settings.optimizer.fused = bool(groups[0].get("fused"))
 
 
 def check_something_to_train(last: Path, epochs: int, resume: str) -> None:
