@@ -104,3 +104,20 @@ def test_figures_cope_with_gaps_many_classes_and_grey_images(tmp_path):
     for name, fig in [("c.png", figures.curves(history, 4)), ("m.png", many), ("p.png", grid)]:
         figures.save_png(figures.render(fig), tmp_path / name)
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize("names", [
+    [str(i) for i in range(10)],  # the digits
+    ["airplane", "automobile", "a rather long class name", "cat"],  # long names: rotated, cut at 18 characters
+    [f"class_{i}" for i in range(37)],
+    [str(i) for i in range(100)],  # too many to name: numbered ticks
+])
+def test_the_confusion_matrix_keeps_every_label_and_its_colour_bar_inside_the_figure(names):
+    n = len(names)
+    fig = figures.confusion(torch.randint(1, 50, (n, n)), names, title="val, best epoch 3:")
+    figures.render(fig)
+    drawn = fig.get_tightbbox(fig.canvas.get_renderer())  # every label, title and tick drawn, in inches
+    assert drawn.x0 >= 0 and drawn.y0 >= 0, drawn  # nothing cut at the left or the bottom
+    assert drawn.x1 <= fig.get_figwidth() + 0.01 and drawn.y1 <= fig.get_figheight() + 0.01, drawn
+    ax, bar = fig.axes
+    assert bar.get_position().x0 > ax.get_position().x1  # the colour bar beside the matrix, not over it

@@ -79,32 +79,58 @@ def curves(history: list[EpochRecord], best_epoch: int | None) -> Figure:
 
 
 def confusion(cm: torch.Tensor, class_names: list[str], title: str = "") -> Figure:
-    """Rows: true class, columns: predicted; colour = fraction of the row (recall), text = counts."""
+    """Rows: true class, columns: predicted; colour = fraction of the row (recall), text = counts.
+    Laid out by hand from the labels' measured widths: constrained layout's search for the same
+    margins was a third of the figure's time."""
     n = cm.shape[0]
     side = min(max(5.0, 0.45 * n + 3.0), 24.0)
-    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
-    ax = fig.subplots()
+    names = None
+    if n <= 50:
+        names = [_short(str(c)) for c in class_names] if len(class_names) == n else [str(i) for i in range(n)]
+    rotate = names is not None and max(map(len, names)) > 3
+    widest, tall = _text_size(names or [str(n)], 8)
+    # inches: tick labels (rotated ones stand on their corner), then the axis label, around a square matrix
+    left = widest + 0.45
+    below = (widest * SIN_60 + tall * 0.5 if rotate else tall) + 0.45
+    above = 0.6  # the two-line title
+    square = side - below - above
+    fig = Figure(figsize=(left + square + 1.35, side))
+    width = fig.get_figwidth()
+    ax = fig.add_axes((left / width, below / side, square / width, square / side))
+    bar = fig.add_axes(((left + square + 0.2) / width, below / side, 0.2 / width, square / side))
     rows = cm.double().sum(1, keepdim=True).clamp(min=1)
     frac = (cm.double() / rows).numpy()
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the row (recall)")
-    if n <= 50:
-        names = [_short(str(c)) for c in class_names] if len(class_names) == n else [str(i) for i in range(n)]
-        ax.set_xticks(range(n), names, rotation=60 if max(map(len, names)) > 3 else 0, ha="right"
-                      if max(map(len, names)) > 3 else "center", fontsize=8)
+    fig.colorbar(im, cax=bar, label="fraction of the row (recall)")
+    if names is not None:
+        ax.set_xticks(range(n), names, rotation=60 if rotate else 0, ha="right" if rotate else "center",
+                      fontsize=8)
         ax.set_yticks(range(n), names, fontsize=8)
     if n <= 20:
         for i in range(n):
             for j in range(n):
                 if cm[i, j]:
                     ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if frac[i, j] > 0.5 else "black").set_in_layout(False)  # inside the axes
+                            color="white" if frac[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     acc = float(cm.diag().sum()) / max(1, int(cm.sum()))
     ax.set_title(f"{title}{' ' if title else ''}confusion matrix\naccuracy {acc:.2%} on {int(cm.sum())} images",
                  fontsize=10)
     return fig
+
+
+SIN_60 = 0.866
+
+
+def _text_size(texts: list[str], fontsize: float) -> tuple[float, float]:
+    """(widest, tallest) of the texts in inches, as the Agg renderer will draw them."""
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+
+    renderer, font = RendererAgg(1, 1, 72), FontProperties(size=fontsize)
+    sizes = [renderer.get_text_width_height_descent(t, font, ismath=False)[:2] for t in texts]
+    return max(w for w, _ in sizes) / 72, max(h for _, h in sizes) / 72
 
 
 def denormalise(images: torch.Tensor, mean, std) -> torch.Tensor:
