@@ -129,7 +129,9 @@ def _text_size(texts: list[str], fontsize: float) -> tuple[float, float]:
     from matplotlib.font_manager import FontProperties
 
     renderer, font = RendererAgg(1, 1, 72), FontProperties(size=fontsize)
-    sizes = [renderer.get_text_width_height_descent(t, font, ismath=False)[:2] for t in texts]
+    with warnings.catch_warnings():  # a glyph no font has is said once, by render()
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        sizes = [renderer.get_text_width_height_descent(t, font, ismath=False)[:2] for t in texts]
     return max(w for w, _ in sizes) / 72, max(h for _, h in sizes) / 72
 
 
