@@ -7,7 +7,6 @@ network at its data's size, channels_last against contiguous, in one process, ti
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import hardware  # noqa: E402
+from bench_common import hardware, median  # noqa: E402
 
 from resexp.config import compose  # noqa: E402
 from resexp.models import build_model  # noqa: E402
@@ -58,7 +57,7 @@ def main() -> None:
             steps(2)  # warm-up: oneDNN picks its kernels on first use
         n = max(2, round(1.0 / run["contiguous"](1)))  # about a second per timing
         ratios = sorted(run["channels_last"](n) / run["contiguous"](n) for _ in range(5))
-        print(f"| {name} | {channels}x{side}x{side} | {batch} | {statistics.median(ratios):.3f} "
+        print(f"| {name} | {channels}x{side}x{side} | {batch} | {median(ratios):.3f} "
               f"| {ratios[0]:.3f}-{ratios[-1]:.3f} |", flush=True)
 
 

@@ -7,19 +7,22 @@ writes as PNG and hands to TensorBoard (what SummaryWriter.add_figure does, with
 from __future__ import annotations
 
 import logging
+import math
 import re
 import warnings
 
 import matplotlib
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 
 from resexp.records.epoch import EpochRecord
 
 log = logging.getLogger("resexp")
 WRONG, RIGHT = "#c62828", "#1b5e20"
+LABEL_TURN = 60  # degrees: the confusion matrix's column names when one is longer than 3 characters
 
 # Class names in other scripts: matplotlib falls back, glyph by glyph, along font.sans-serif, so the
 # installed fonts that have them go after its own default (DejaVu Sans, which has Latin, Greek and Cyrillic)
@@ -91,7 +94,8 @@ def confusion(cm: torch.Tensor, class_names: list[str], title: str = "") -> Figu
     widest, tall = _text_size(names or [str(n)], 8)
     # inches: tick labels (rotated ones stand on their corner), then the axis label, around a square matrix
     left = widest + 0.45
-    below = (widest * SIN_60 + tall * 0.5 if rotate else tall) + 0.45
+    turn = math.radians(LABEL_TURN)
+    below = (widest * math.sin(turn) + tall * math.cos(turn) if rotate else tall) + 0.45
     above = 0.6  # the two-line title
     square = side - below - above
     fig = Figure(figsize=(left + square + 1.35, side))
@@ -103,7 +107,7 @@ def confusion(cm: torch.Tensor, class_names: list[str], title: str = "") -> Figu
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     fig.colorbar(im, cax=bar, label="fraction of the row (recall)")
     if names is not None:
-        ax.set_xticks(range(n), names, rotation=60 if rotate else 0, ha="right" if rotate else "center",
+        ax.set_xticks(range(n), names, rotation=LABEL_TURN if rotate else 0, ha="right" if rotate else "center",
                       fontsize=8)
         ax.set_yticks(range(n), names, fontsize=8)
     if n <= 20:
@@ -120,14 +124,8 @@ def confusion(cm: torch.Tensor, class_names: list[str], title: str = "") -> Figu
     return fig
 
 
-SIN_60 = 0.866
-
-
 def _text_size(texts: list[str], fontsize: float) -> tuple[float, float]:
     """(widest, tallest) of the texts in inches, as the Agg renderer will draw them."""
-    from matplotlib.backends.backend_agg import RendererAgg
-    from matplotlib.font_manager import FontProperties
-
     renderer, font = RendererAgg(1, 1, 72), FontProperties(size=fontsize)
     with warnings.catch_warnings():  # a glyph no font has is said once, by render()
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")

@@ -69,9 +69,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None, on_validated=(), callbacks
         seed_everything(cfg.seed)
         configure_determinism(cfg.trainer.deterministic, env.device)
 
-        resume_path = resolve_resume(cfg, composed, paths, env)
-        if resume_path is not None:
-            compute_as_trained(settings, resume_path)
+        resume_path = resolve_resume(cfg, settings, composed, paths, env)
         run_cfg, data, model, facts = build(cfg, env, finetune=resume_path is None)
         prepare_run_dir(paths, composed, data, facts, env, cfg.data.name)
         logger = RunLogger(paths.root, enabled=env.is_main, config=run_cfg, resumed=resume_path is not None,
@@ -88,8 +86,9 @@ def run(cfg: DictConfig, run_dir: Path | None = None, on_validated=(), callbacks
             release_run_dir(paths.root)
 
 
-def resolve_resume(cfg: DictConfig, composed: dict, paths: RunPaths, env: Env) -> Path | None:
-    """The last.pt to continue from (trainer.resume), or None; a finetune_from file checked to exist."""
+def resolve_resume(cfg: DictConfig, settings, composed: dict, paths: RunPaths, env: Env) -> Path | None:
+    """The last.pt to continue from (trainer.resume), or None, with `settings`' device defaults set as that
+    run chose them; a finetune_from file checked to exist."""
     resume_path = None
     if cfg.trainer.resume == "auto":
         # a requeued job (SLURM) continues in its own directory
@@ -100,19 +99,19 @@ def resolve_resume(cfg: DictConfig, composed: dict, paths: RunPaths, env: Env) -
     elif cfg.trainer.resume:
         resume_path = checkpoint.resolve(cfg.trainer.resume, outputs_root(paths.root))
     if resume_path is not None:
-        check_something_to_train(resume_path, cfg.trainer.epochs, cfg.trainer.resume)
+        held = checkpoint.read(resume_path, mmap=True)  # its plain entries; the weights stay on disk
+        held = held if isinstance(held, dict) else {}
+        check_something_to_train(resume_path, held, cfg.trainer.epochs, cfg.trainer.resume)
+        compute_as_trained(settings, held)
     if cfg.trainer.finetune_from and resume_path is None:  # before the data is read: fail fast
         existing_file(cfg.trainer.finetune_from, "trainer.finetune_from")
     return resume_path
 
 
-def compute_as_trained(settings, last: Path) -> None:
-    """The defaults that depend on the device (null: trainer.channels_last, optimizer.fused) as the run in
-    `last` chose them, so that it continues bit for bit: its config records the layout, its optimizer
-    state the kernel (an older resexp's run: contiguous and unfused on CPU)."""
-    held = checkpoint.read(last, mmap=True)
-    if not isinstance(held, dict):
-        return
+def compute_as_trained(settings, held: dict) -> None:
+    """The defaults that depend on the device (null: trainer.channels_last, optimizer.fused) as the run
+    whose last.pt holds `held` chose them, so that it continues bit for bit: its config records the layout,
+    its optimizer state the kernel (an older resexp's run: contiguous and unfused on CPU)."""
     if settings.trainer.channels_last is None:
         chosen = ((held.get("config") or {}).get("trainer") or {}).get("channels_last")
         settings.trainer.channels_last = chosen if isinstance(chosen, bool) else None
@@ -121,13 +120,12 @@ def compute_as_trained(settings, last: Path) -> None:
         settings.optimizer.fused = bool(groups[0].get("fused"))
 
 
-def check_something_to_train(last: Path, epochs: int, resume: str) -> None:
+def check_something_to_train(last: Path, held: dict, epochs: int, resume: str) -> None:
     """A resume of a run that completed trainer.epochs already would make a run directory with
     nothing trained in it: stopped, saying how to train it longer. A run stopped after its training
     (during the final evaluation or the report, by a signal, an error or a kill) resumes to write what
-    it is missing."""
-    held = checkpoint.read(last, mmap=True)
-    done = int(held.get("epoch", 0)) if isinstance(held, dict) and not held.get("batch") else None
+    it is missing. `held`: last.pt's contents."""
+    done = int(held.get("epoch", 0)) if not held.get("batch") else None
     run_dir = last.parent.parent
     if done is not None and done >= epochs and finished(run_dir):
         raise CheckpointError(
